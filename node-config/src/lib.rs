@@ -1,0 +1,410 @@
+//! The node configuration file.
+//!
+//! The operator renders one [`NodeConfig`] per Swarm into the Swarm's ConfigMap (key [`CONFIG_FILE`]);
+//! every member's `swarm-node` reads it from the mounted volume. The training section is the
+//! same type the Swarm API embeds, so what a user writes in `spec.training` reaches the node as is.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the rendered configuration inside the ConfigMap and its mount.
+pub const CONFIG_FILE: &str = "node.yaml";
+
+/// The only configuration format version this crate reads and writes.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read node config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("node config {path} is malformed: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("node config {path} has version {found}, this node reads version {CONFIG_VERSION}")]
+    Version { path: String, found: u32 },
+    #[error("node config {path} is invalid: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("cannot render node config: {0}")]
+    Render(#[source] serde_yaml_ng::Error),
+}
+
+/// Everything a member's node needs to know about its swarm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    pub version: u32,
+    pub swarm: SwarmRef,
+    pub p2p: P2pConfig,
+    pub model: ModelConfig,
+    pub training: TrainingConfig,
+    pub rounds: RoundsConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointConfig>,
+}
+
+/// Which Swarm object this configuration was rendered from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwarmRef {
+    pub name: String,
+    pub namespace: String,
+    /// The Swarm's uid: names the swarm's gossip topic, so a recreated Swarm never mixes with the old one.
+    pub uid: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct P2pConfig {
+    pub port: u16,
+    /// Multiaddrs of every member, `/dns4/<member>.<swarm>-peers.<ns>.svc/tcp/<port>/p2p/<peerId>`.
+    #[serde(default)]
+    pub bootstrap_peers: Vec<String>,
+    /// Peers outside the cluster, as given in the Swarm spec.
+    #[serde(default)]
+    pub external_peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Directory holding `config.json`, `*.safetensors` and `tokenizer.json`, when the weights are mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Hub model id, for clusters with egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub dtype: Dtype,
+}
+
+/// Numeric type of the weights during training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    Bf16,
+    F16,
+    F32,
+}
+
+/// The GRPO / SAPO hyper-parameters of a round. Embedded verbatim in the Swarm API as `spec.training`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Questions each member samples per round.
+    #[serde(default = "defaults::questions_per_round")]
+    pub questions_per_round: u32,
+    /// I: question groups of the member's own rollouts trained on per round.
+    #[serde(default = "defaults::local_rollouts")]
+    pub local_rollouts: u32,
+    /// J: question groups adopted from peers per round.
+    #[serde(default = "defaults::external_rollouts")]
+    pub external_rollouts: u32,
+    /// G: completions generated per question; a group needs at least two for an advantage.
+    #[serde(default = "defaults::completions_per_question")]
+    pub completions_per_question: u32,
+    #[serde(default = "defaults::learning_rate")]
+    pub learning_rate: f64,
+    /// Lower clip bound ε_low of the surrogate ratio.
+    #[serde(default = "defaults::clip_epsilon_low")]
+    pub clip_epsilon_low: f64,
+    /// Upper clip bound ε_high of the surrogate ratio.
+    #[serde(default = "defaults::clip_epsilon_high")]
+    pub clip_epsilon_high: f64,
+    /// KL penalty weight β; 0 trains without a reference model.
+    #[serde(default)]
+    pub kl_beta: f64,
+    #[serde(default = "defaults::max_new_tokens")]
+    pub max_new_tokens: u32,
+    #[serde(default = "defaults::temperature")]
+    pub temperature: f64,
+    /// Base seed; each member mixes in its ordinal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Procedural task families and their sampling weights; all families with equal weight when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 32)))]
+    pub tasks: Vec<TaskWeight>,
+    /// A JSONL dataset (`question`, `answer`, optional `metadata` per line) instead of procedural tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetSource>,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            questions_per_round: defaults::questions_per_round(),
+            local_rollouts: defaults::local_rollouts(),
+            external_rollouts: defaults::external_rollouts(),
+            completions_per_question: defaults::completions_per_question(),
+            learning_rate: defaults::learning_rate(),
+            clip_epsilon_low: defaults::clip_epsilon_low(),
+            clip_epsilon_high: defaults::clip_epsilon_high(),
+            kl_beta: 0.0,
+            max_new_tokens: defaults::max_new_tokens(),
+            temperature: defaults::temperature(),
+            seed: None,
+            tasks: Vec::new(),
+            dataset: None,
+        }
+    }
+}
+
+mod defaults {
+    pub fn questions_per_round() -> u32 {
+        8
+    }
+    pub fn local_rollouts() -> u32 {
+        4
+    }
+    pub fn external_rollouts() -> u32 {
+        4
+    }
+    pub fn completions_per_question() -> u32 {
+        8
+    }
+    pub fn learning_rate() -> f64 {
+        1e-6
+    }
+    pub fn clip_epsilon_low() -> f64 {
+        0.2
+    }
+    pub fn clip_epsilon_high() -> f64 {
+        0.28
+    }
+    pub fn max_new_tokens() -> u32 {
+        256
+    }
+    pub fn temperature() -> f64 {
+        1.0
+    }
+    pub fn task_weight() -> u32 {
+        1
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskWeight {
+    pub family: TaskFamily,
+    #[serde(default = "defaults::task_weight")]
+    pub weight: u32,
+}
+
+/// Procedural task families with exact verifiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TaskFamily {
+    BasicArithmetic,
+    BaseConversion,
+    DecimalArithmetic,
+    FractionSimplification,
+    CalendarArithmetic,
+    PropositionalLogic,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetSource {
+    /// Path of the JSONL file inside the model volume.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 1024)))]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoundsConfig {
+    pub duration_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointConfig {
+    pub dir: String,
+    pub every_rounds: u32,
+}
+
+impl NodeConfig {
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_yaml_ng::to_string(self).map_err(ConfigError::Render)
+    }
+
+    /// Parses and checks a rendered configuration; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })?;
+        if config.version != CONFIG_VERSION {
+            return Err(ConfigError::Version {
+                path: origin.to_owned(),
+                found: config.version,
+            });
+        }
+        config.check().map_err(|reason| ConfigError::Invalid {
+            path: origin.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        Self::from_yaml(&text, &origin)
+    }
+
+    /// The invariants the Swarm API enforces at admission, checked again because a node may be
+    /// started by hand with a file no API server has seen.
+    fn check(&self) -> Result<(), String> {
+        let training = &self.training;
+        if training.completions_per_question < 2 {
+            return Err("training.completionsPerQuestion must be at least 2".into());
+        }
+        if training.local_rollouts + training.external_rollouts == 0 {
+            return Err(
+                "training.localRollouts + training.externalRollouts must be at least 1".into(),
+            );
+        }
+        if training.learning_rate.is_nan() || training.learning_rate <= 0.0 {
+            return Err("training.learningRate must be greater than 0".into());
+        }
+        for (name, value) in [
+            ("clipEpsilonLow", training.clip_epsilon_low),
+            ("clipEpsilonHigh", training.clip_epsilon_high),
+        ] {
+            if value.is_nan() || value <= 0.0 || value >= 1.0 {
+                return Err(format!(
+                    "training.{name} must be between 0 and 1 (exclusive)"
+                ));
+            }
+        }
+        if self.model.path.is_none() && self.model.hub_id.is_none() {
+            return Err("model needs a path or a hubId".into());
+        }
+        if self.rounds.duration_seconds == 0 {
+            return Err("rounds.durationSeconds must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            version: CONFIG_VERSION,
+            swarm: SwarmRef {
+                name: "demo".into(),
+                namespace: "default".into(),
+                uid: "0b9c6a8e-1111-2222-3333-444455556666".into(),
+            },
+            p2p: P2pConfig {
+                port: 4001,
+                bootstrap_peers: vec![
+                    "/dns4/demo-0.demo-peers.default.svc/tcp/4001/p2p/16Uiu2HAm".into(),
+                ],
+                external_peers: vec![],
+            },
+            model: ModelConfig {
+                path: Some("/models/qwen".into()),
+                hub_id: None,
+                revision: None,
+                dtype: Dtype::Bf16,
+            },
+            training: TrainingConfig::default(),
+            rounds: RoundsConfig {
+                duration_seconds: 60,
+                max_rounds: Some(100),
+            },
+            checkpoints: Some(CheckpointConfig {
+                dir: "/var/lib/swarm-node/checkpoints".into(),
+                every_rounds: 10,
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let config = sample();
+        let text = config.to_yaml().unwrap();
+        assert_eq!(NodeConfig::from_yaml(&text, "test").unwrap(), config);
+    }
+
+    #[test]
+    fn training_defaults_fill_missing_fields() {
+        let training: TrainingConfig = serde_yaml_ng::from_str("localRollouts: 2").unwrap();
+        assert_eq!(training.local_rollouts, 2);
+        assert_eq!(training.completions_per_question, 8);
+        assert_eq!(training.clip_epsilon_high, 0.28);
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let mut config = sample();
+        config.version = 2;
+        let text = config.to_yaml().unwrap();
+        let err = NodeConfig::from_yaml(&text, "node.yaml").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Version { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let text = sample().to_yaml().unwrap() + "surprise: 1\n";
+        let err = NodeConfig::from_yaml(&text, "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_group_of_one() {
+        let mut config = sample();
+        config.training.completions_per_question = 1;
+        let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("completionsPerQuestion"), "{err}");
+    }
+
+    #[test]
+    fn rejects_no_rollouts_at_all() {
+        let mut config = sample();
+        config.training.local_rollouts = 0;
+        config.training.external_rollouts = 0;
+        let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("localRollouts"), "{err}");
+    }
+
+    #[test]
+    fn rejects_clip_outside_unit_interval() {
+        let mut config = sample();
+        config.training.clip_epsilon_high = 1.0;
+        let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("clipEpsilonHigh"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = NodeConfig::load(Path::new("/nonexistent/node.yaml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/node.yaml"), "{err}");
+    }
+}

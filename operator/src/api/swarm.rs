@@ -1,0 +1,350 @@
+//! The `Swarm` custom resource: a set of training members and how to run them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use swarm_node_config::{Dtype, TrainingConfig};
+
+/// Longest Swarm name: `<swarm>-<ordinal>-identity` must stay a 63-character DNS label with ordinals up to 999.
+pub const MAX_SWARM_NAME_LEN: usize = 63 - "-999-identity".len();
+
+/// Most members one Swarm may declare.
+pub const MAX_REPLICAS: i32 = 1000;
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rlswarm.dev",
+    version = "v1alpha1",
+    kind = "Swarm",
+    namespaced,
+    status = "SwarmStatus",
+    shortname = "sw",
+    category = "rlswarm",
+    derive = "PartialEq",
+    doc = "A reinforcement-learning swarm: N members that train with GRPO and share rollouts peer-to-peer",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Round", type_ = "integer", json_path = ".status.round"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    cel,
+    validation = Rule::new("size(self.metadata.name) <= 50").message(
+        "metadata.name must be at most 50 characters, so that <swarm>-<ordinal>-identity stays a 63-character DNS label"
+    ),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
+        "metadata.name must be a DNS label that starts with a letter (lowercase letters, digits and '-'), because it names the swarm's headless Service"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SwarmSpec {
+    /// Number of members.
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("replicas must be between 0 and 1000"))]
+    pub replicas: i32,
+
+    /// Template for every member's pod.
+    #[serde(default)]
+    pub member: MemberTemplate,
+
+    /// Where the weights and tokenizer come from. Immutable: checkpoints continue from these weights.
+    #[x_kube(
+        validation = Rule::new("self == oldSelf").message("model is immutable: members' checkpoints continue from these weights; create a new Swarm to train another model")
+    )]
+    pub model: ModelSpec,
+
+    /// GRPO and SAPO hyper-parameters of every round.
+    #[serde(default)]
+    #[x_kube(
+        validation = Rule::new("self.completionsPerQuestion >= 2").message("training.completionsPerQuestion (G) must be at least 2: a group of one completion has no advantage"),
+        validation = Rule::new("self.localRollouts + self.externalRollouts >= 1").message("training.localRollouts + training.externalRollouts (I + J) must be at least 1: a round must train on something"),
+        validation = Rule::new("self.learningRate > 0.0").message("training.learningRate must be greater than 0"),
+        validation = Rule::new("self.clipEpsilonLow > 0.0 && self.clipEpsilonLow < 1.0").message("training.clipEpsilonLow must be between 0 and 1 (exclusive)"),
+        validation = Rule::new("self.clipEpsilonHigh > 0.0 && self.clipEpsilonHigh < 1.0").message("training.clipEpsilonHigh must be between 0 and 1 (exclusive)"),
+        validation = Rule::new("self.klBeta >= 0.0").message("training.klBeta must not be negative"),
+        validation = Rule::new("self.temperature > 0.0").message("training.temperature must be greater than 0"),
+        validation = Rule::new("self.completionsPerQuestion == oldSelf.completionsPerQuestion").message("training.completionsPerQuestion (G) is immutable: members accept only peer groups of exactly G completions, so running members would reject each other's rollouts")
+    )]
+    pub training: TrainingConfig,
+
+    /// Round timing.
+    #[serde(default)]
+    pub rounds: RoundsSpec,
+
+    /// Peer-to-peer networking.
+    #[serde(default)]
+    pub p2p: P2pSpec,
+
+    /// Per-member checkpoint volume; without it members checkpoint to an emptyDir and restart from the base model
+    /// when rescheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointSpec>,
+
+    /// What happens to member identities when the Swarm is deleted.
+    #[serde(default)]
+    pub identity: IdentitySpec,
+}
+
+/// Pod template of every member.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberTemplate {
+    /// Node image; the operator's default node image when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("member.imagePullPolicy must be Always, IfNotPresent or Never"))]
+    pub image_pull_policy: Option<String>,
+    #[serde(default)]
+    pub resources: MemberResources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Extra environment variables for the node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+}
+
+/// Compute resources of a member; `gpus` is a shorthand for the `nvidia.com/gpu` limit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 16").message("member.resources.gpus must be between 0 and 16"))]
+    pub gpus: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<BTreeMap<String, Quantity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<BTreeMap<String, Quantity>>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    pub source: ModelSource,
+    #[serde(default)]
+    pub dtype: Dtype,
+}
+
+/// Exactly one of the sources.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.pvc), has(self.image), has(self.hub)].filter(x, x).size() == 1").message("model.source needs exactly one of pvc, image or hub")
+)]
+pub struct ModelSource {
+    /// Weights on a PersistentVolumeClaim in the Swarm's namespace, mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcModelSource>,
+    /// Weights inside an OCI image, mounted read-only as an image volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageModelSource>,
+    /// A hub model id, downloaded by the node (needs egress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubModelSource>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcModelSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Directory inside the volume that holds config.json, the safetensors and tokenizer.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub path: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageModelSource {
+    #[schemars(length(min = 1, max = 1024))]
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub path: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HubModelSource {
+    #[schemars(length(min = 1, max = 256))]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub revision: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundsSpec {
+    /// Length of a round; members derive the current round from the swarm's start and this duration.
+    #[serde(default = "default_round_seconds")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 86400").message("rounds.durationSeconds must be between 1 and 86400"))]
+    pub duration_seconds: i32,
+    /// Stop after this many rounds; unbounded when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("rounds.maxRounds must be at least 1"))]
+    pub max_rounds: Option<i64>,
+}
+
+impl Default for RoundsSpec {
+    fn default() -> Self {
+        Self {
+            duration_seconds: default_round_seconds(),
+            max_rounds: None,
+        }
+    }
+}
+
+fn default_round_seconds() -> i32 {
+    60
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct P2pSpec {
+    /// TCP (and QUIC) port every member listens on.
+    #[serde(default = "default_p2p_port")]
+    #[x_kube(validation = Rule::new("self >= 1024 && self <= 65535").message("p2p.port must be between 1024 and 65535: members run as non-root"))]
+    pub port: i32,
+    /// Multiaddrs of peers outside the cluster to bootstrap from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 512)))]
+    #[x_kube(validation = Rule::new("self.all(a, a.startsWith('/'))").message("p2p.bootstrapPeers must be multiaddrs such as /dns4/host/tcp/4001/p2p/<peerId>"))]
+    pub bootstrap_peers: Vec<String>,
+}
+
+impl Default for P2pSpec {
+    fn default() -> Self {
+        Self {
+            port: default_p2p_port(),
+            bootstrap_peers: Vec::new(),
+        }
+    }
+}
+
+fn default_p2p_port() -> i32 {
+    4001
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Storage class of each member's checkpoint volume; the cluster default when empty. Immutable, as it is
+    /// on the claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("checkpoints.storageClassName is immutable: existing member volumes cannot change class"))]
+    pub storage_class_name: Option<String>,
+    #[serde(default = "default_checkpoint_size")]
+    pub size: Quantity,
+    /// Checkpoint every this many rounds.
+    #[serde(default = "default_checkpoint_interval")]
+    #[x_kube(validation = Rule::new("self >= 1").message("checkpoints.everyRounds must be at least 1"))]
+    pub every_rounds: i32,
+}
+
+fn default_checkpoint_size() -> Quantity {
+    Quantity("10Gi".into())
+}
+
+fn default_checkpoint_interval() -> i32 {
+    10
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySpec {
+    #[serde(default)]
+    pub retention: IdentityRetention,
+}
+
+/// `Delete` removes member identities with the Swarm; `Retain` keeps their Secrets so a Swarm created again
+/// under the same name gets its members' identities back.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum IdentityRetention {
+    #[default]
+    Delete,
+    Retain,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SwarmStatus {
+    /// Members that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Members whose pod is running and ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the members' pods, for the scale subresource.
+    #[serde(default)]
+    pub selector: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SwarmPhase>,
+    /// Highest round any member reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Multiaddrs of the members whose identity is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap_peers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SwarmPhase {
+    /// No member is ready yet.
+    Pending,
+    /// Members are being created, removed or started.
+    Progressing,
+    /// Every member is ready.
+    Running,
+    /// The swarm cannot be realised as specified, or members fail.
+    Degraded,
+}
+
+impl Swarm {
+    /// Name of the headless Service that gives members stable DNS names.
+    pub fn peers_service_name(&self) -> String {
+        format!("{}-peers", self.name_unchecked())
+    }
+
+    /// Name of the ConfigMap holding the rendered node configuration.
+    pub fn config_map_name(&self) -> String {
+        format!("{}-config", self.name_unchecked())
+    }
+
+    /// Name of the member with this ordinal.
+    pub fn member_name(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.name_unchecked())
+    }
+
+    fn name_unchecked(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The desired member count; admission keeps it within 0..=1000.
+    pub fn desired_replicas(&self) -> u32 {
+        u32::try_from(self.spec.replicas.clamp(0, MAX_REPLICAS)).unwrap_or_default()
+    }
+}

@@ -1,0 +1,331 @@
+//! SwarmMember controller: the member's identity, checkpoint volume and pod, and its status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
+use tracing::info;
+
+use super::{Context, apply};
+use crate::api::{
+    FIELD_MANAGER, MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions, labels,
+};
+use crate::build::{
+    TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_identity_secret, build_member_pod,
+};
+use crate::error::{Error, KubeContext, Result};
+use crate::status::{PodObservation, condition, observe_pod};
+
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon to look again while a pod is terminating or a previous incarnation is being collected.
+const WAIT_FOR_REMOVAL: Duration = Duration::from_secs(5);
+
+/// Delay before replacing a pod after `streak` consecutive failures: 10 s doubling to 5 min.
+pub fn replacement_backoff(streak: i32) -> Duration {
+    if streak <= 0 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(streak - 1).unwrap_or(0).min(5);
+    Duration::from_secs(10 << doublings).min(Duration::from_secs(300))
+}
+
+pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action> {
+    if member.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = member
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = member.name_any();
+    let client = ctx.client.clone();
+    let Some(swarm) = Api::<Swarm>::namespaced(client.clone(), &namespace)
+        .get_opt(&member.spec.swarm)
+        .await
+        .context(|| format!("get swarm {namespace}/{}", member.spec.swarm))?
+    else {
+        // The garbage collector removes members of a deleted Swarm.
+        return Ok(Action::await_change());
+    };
+    let reference = member.object_ref(&());
+
+    let key = ensure_identity(&ctx, &swarm, &member).await?;
+    if let Some(checkpoints) = &swarm.spec.checkpoints {
+        apply(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace),
+            &build_checkpoint_pvc(&swarm, &member, checkpoints),
+        )
+        .await?;
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let desired_pod = build_member_pod(&swarm, &member, &ctx.pod_settings);
+    let pod = pods
+        .get_opt(&name)
+        .await
+        .context(|| format!("get pod {namespace}/{name}"))?;
+    let now = Timestamp::now();
+    let prior = member.status.clone().unwrap_or_default();
+    let mut status = SwarmMemberStatus {
+        peer_id: Some(key.peer_id_string()),
+        address: Some(key.address()),
+        observed_generation: member.metadata.generation,
+        ..prior.clone()
+    };
+    let mut requeue = RESYNC;
+
+    match pod {
+        Some(pod) if !owned_by(&pod, &member) || pod.metadata.deletion_timestamp.is_some() => {
+            // An earlier pod under this name is still going away; a new one cannot be created yet.
+            apply_observation(&mut status, &pod);
+            status.pod = None;
+            status.message = Some("waiting for the previous pod to be removed".into());
+            requeue = WAIT_FOR_REMOVAL;
+        }
+        Some(pod) => {
+            let seen = apply_observation(&mut status, &pod);
+            status.pod = Some(name.clone());
+            if seen.failed {
+                delete_pod(&pods, &name).await?;
+                status.pod = None;
+                record_failure(&mut status, now);
+                requeue = replacement_backoff(status.failure_streak);
+                ctx.event(
+                    &reference,
+                    EventType::Warning,
+                    "PodFailed",
+                    format!(
+                        "{}; replacing it in {}s",
+                        seen.message.unwrap_or_default(),
+                        requeue.as_secs()
+                    ),
+                )
+                .await;
+            } else if template_hash(&pod) != template_hash(&desired_pod) {
+                delete_pod(&pods, &name).await?;
+                status.pod = None;
+                requeue = WAIT_FOR_REMOVAL;
+                ctx.event(
+                    &reference,
+                    EventType::Normal,
+                    "PodOutdated",
+                    "the Swarm's member template changed; replacing the pod".into(),
+                )
+                .await;
+            }
+        }
+        None => {
+            if status.pod.is_some() {
+                // The pod we created disappeared (deleted, evicted, its node removed).
+                record_failure(&mut status, now);
+                status.pod = None;
+            }
+            let wait = remaining_backoff(&status, now);
+            if wait.is_zero() {
+                apply(&pods, &desired_pod).await?;
+                status.pod = Some(name.clone());
+                status.phase = Some(MemberPhase::Pending);
+                status.node = None;
+                status.message = Some("pod created; waiting for the scheduler".into());
+                ctx.event(
+                    &reference,
+                    EventType::Normal,
+                    "PodCreated",
+                    format!("created pod {name}"),
+                )
+                .await;
+            } else {
+                status.phase = Some(MemberPhase::Failed);
+                status.message = Some(format!(
+                    "pod gone after {} failures in a row; replacing it in {}s",
+                    status.failure_streak,
+                    wait.as_secs()
+                ));
+                requeue = wait;
+            }
+        }
+    }
+
+    status.conditions = vec![condition(
+        &prior.conditions,
+        conditions::READY,
+        status.phase == Some(MemberPhase::Running),
+        match status.phase {
+            Some(MemberPhase::Running) => "NodeReady",
+            Some(MemberPhase::Failed) => "PodFailed",
+            Some(MemberPhase::Starting) => "NodeStarting",
+            _ => "PodPending",
+        },
+        status
+            .message
+            .clone()
+            .unwrap_or_else(|| "node is ready".into()),
+        member.metadata.generation,
+        now,
+    )];
+    if status != prior {
+        Api::<SwarmMember>::namespaced(client, &namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": SwarmMember::api_version(&()),
+                    "kind": SwarmMember::kind(&()),
+                    "status": status,
+                })),
+            )
+            .await
+            .context(|| format!("write status of member {namespace}/{name}"))?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// The member's key: read from its Secret, or generated once and stored in a new immutable Secret.
+/// Creation (never apply) makes a concurrent or restarted operator lose the race instead of
+/// overwriting a key that is already in use.
+async fn ensure_identity(ctx: &Context, swarm: &Swarm, member: &SwarmMember) -> Result<MemberKey> {
+    let namespace = member.namespace().unwrap_or_default();
+    let secret_name = member.identity_secret_name();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = secrets
+        .get_opt(&secret_name)
+        .await
+        .context(|| format!("get identity secret {namespace}/{secret_name}"))?;
+    if let Some(secret) = existing {
+        return read_identity(&secret, member);
+    }
+    let key = MemberKey::generate();
+    let secret = build_identity_secret(swarm, member, &key);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    match secrets.create(&params, &secret).await {
+        Ok(_) => {
+            info!(member = %member.name_any(), peer_id = %key.peer_id_string(), "created member identity");
+            ctx.event(
+                &member.object_ref(&()),
+                EventType::Normal,
+                "IdentityCreated",
+                format!(
+                    "peer id {}, address {}",
+                    key.peer_id_string(),
+                    key.address()
+                ),
+            )
+            .await;
+            Ok(key)
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => {
+            let secret = secrets
+                .get(&secret_name)
+                .await
+                .context(|| format!("get identity secret {namespace}/{secret_name}"))?;
+            read_identity(&secret, member)
+        }
+        Err(source) => Err(Error::Kube {
+            action: format!("create identity secret {namespace}/{secret_name}"),
+            source,
+        }),
+    }
+}
+
+fn read_identity(secret: &Secret, member: &SwarmMember) -> Result<MemberKey> {
+    let secret_name = secret.name_any();
+    let belongs = secret.labels().get(labels::MEMBER) == Some(&member.name_any());
+    let data = secret.data.as_ref().and_then(|d| d.get(PRIVATE_KEY_FILE));
+    match (belongs, data) {
+        (true, Some(bytes)) => {
+            MemberKey::from_secret_data(&bytes.0).map_err(|source| Error::Identity {
+                secret: secret_name,
+                source,
+            })
+        }
+        (false, _) => Err(Error::ForeignSecret(secret_name)),
+        (true, None) => Err(Error::IdentityKeyMissing(secret_name)),
+    }
+}
+
+fn owned_by(pod: &Pod, member: &SwarmMember) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == member.metadata.uid.as_ref())
+}
+
+fn template_hash(pod: &Pod) -> Option<&String> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_HASH_ANNOTATION)
+}
+
+/// Copies what the pod shows into the member's status; a ready node ends a failure streak.
+fn apply_observation(status: &mut SwarmMemberStatus, pod: &Pod) -> PodObservation {
+    let seen = observe_pod(Some(pod));
+    if seen.phase == MemberPhase::Running {
+        status.failure_streak = 0;
+    }
+    status.phase = Some(seen.phase);
+    status.node = seen.node.clone();
+    status.message = seen.message.clone();
+    seen
+}
+
+fn record_failure(status: &mut SwarmMemberStatus, now: Timestamp) {
+    status.restarts = status.restarts.saturating_add(1);
+    status.failure_streak = status.failure_streak.saturating_add(1);
+    status.last_failure_time = Some(Time(now));
+}
+
+fn remaining_backoff(status: &SwarmMemberStatus, now: Timestamp) -> Duration {
+    let Some(Time(failed_at)) = status.last_failure_time else {
+        return Duration::ZERO;
+    };
+    let backoff = SignedDuration::try_from(replacement_backoff(status.failure_streak))
+        .unwrap_or(SignedDuration::ZERO);
+    let ready_at = failed_at.saturating_add(backoff).unwrap_or(failed_at);
+    Duration::try_from(ready_at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("delete pod {name}"),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (0..9).map(|s| replacement_backoff(s).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn remaining_backoff_counts_from_the_last_failure() {
+        let failed_at = Timestamp::from_second(1_000).unwrap();
+        let status = SwarmMemberStatus {
+            failure_streak: 2,
+            last_failure_time: Some(Time(failed_at)),
+            ..Default::default()
+        };
+        let later = Timestamp::from_second(1_005).unwrap();
+        assert_eq!(remaining_backoff(&status, later), Duration::from_secs(15));
+        let much_later = Timestamp::from_second(1_100).unwrap();
+        assert_eq!(remaining_backoff(&status, much_later), Duration::ZERO);
+    }
+}

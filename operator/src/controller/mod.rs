@@ -1,0 +1,261 @@
+//! The two controllers and what they share. Reconcilers fetch, call the pure builders, apply with
+//! server-side apply and write status; nothing else.
+
+pub mod member;
+pub mod swarm;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service};
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::api::{FIELD_MANAGER, Swarm, SwarmMember, labels};
+use crate::build::PodSettings;
+use crate::error::{Error, KubeContext, Result};
+use crate::metrics::Metrics;
+
+/// What every reconciliation needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub pod_settings: PodSettings,
+    retries: RetryBackoff,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Metrics,
+        pod_settings: PodSettings,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            pod_settings,
+            retries: RetryBackoff::default(),
+        }
+    }
+
+    /// Publishes an Event; a failure to publish is logged, never fatal to the reconciliation.
+    pub async fn event(&self, on: &ObjectReference, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, on).await {
+            warn!(%error, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Per-object exponential backoff for failed reconciliations, reset by a success.
+#[derive(Default)]
+struct RetryBackoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl RetryBackoff {
+    const BASE: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn failed(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key).or_default();
+        *count = count.saturating_add(1);
+        Self::BASE
+            .saturating_mul(2u32.saturating_pow(*count - 1))
+            .min(Self::MAX)
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Creates or updates `object` with server-side apply under the operator's field manager.
+pub async fn apply<K>(api: &Api<K>, object: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .context(|| format!("apply {} {name}", K::kind(&())))
+}
+
+fn object_key<K: Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Runs a reconciler over a guarded object: a malformed object gets a Warning Event and is skipped,
+/// so it can neither crash the operator nor stop the watch that delivered it.
+async fn guarded<K, F, Fut>(
+    object: Arc<DeserializeGuard<K>>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    reconcile: F,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+    F: FnOnce(Arc<Context>, K) -> Fut,
+    Fut: Future<Output = Result<Action>>,
+    K: Clone,
+{
+    let _timer = ctx.metrics.start(controller);
+    let key = object_key(object.as_ref());
+    match &object.0 {
+        Ok(valid) => {
+            let result = reconcile(ctx.clone(), valid.clone()).await;
+            match &result {
+                Ok(_) => ctx.retries.succeeded(&key),
+                Err(error) => ctx.metrics.failed(controller, error.reason()),
+            }
+            result
+        }
+        Err(invalid) => {
+            ctx.metrics.failed(controller, "MalformedObject");
+            warn!(object = %key, error = %invalid.error, "skipping malformed object");
+            let reference = ObjectReference {
+                api_version: Some(K::api_version(&()).into_owned()),
+                kind: Some(K::kind(&()).into_owned()),
+                name: invalid.metadata.name.clone(),
+                namespace: invalid.metadata.namespace.clone(),
+                uid: invalid.metadata.uid.clone(),
+                ..Default::default()
+            };
+            ctx.event(
+                &reference,
+                EventType::Warning,
+                "MalformedObject",
+                format!("cannot read this object: {}", invalid.error),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy<K: Resource>(
+    object: Arc<DeserializeGuard<K>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = object_key(object.as_ref());
+    let delay = ctx.retries.failed(key.clone());
+    warn!(object = %key, %error, retry_in = ?delay, "reconciliation failed");
+    Action::requeue(delay)
+}
+
+/// Runs both controllers until `shutdown` resolves; in-flight reconciliations finish first.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(&labels::managed_selector());
+    let (stop_swarms, stop_members) = {
+        let shared = futures::FutureExt::shared(shutdown);
+        (shared.clone(), shared)
+    };
+
+    let swarm_controller = Controller::new(
+        Api::<DeserializeGuard<Swarm>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<DeserializeGuard<SwarmMember>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Service>::all(client.clone()), managed.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+    .graceful_shutdown_on(stop_swarms)
+    .run(
+        |obj, ctx| guarded(obj, ctx, "swarm", swarm::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|result| async move {
+        if let Ok((object, _)) = result {
+            info!(swarm = %object, "reconciled");
+        }
+    });
+
+    let members = Controller::new(
+        Api::<DeserializeGuard<SwarmMember>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let member_store = members.store();
+    let secret_store = member_store.clone();
+    let member_controller = members
+        .owns(Api::<Pod>::all(client.clone()), managed.clone())
+        .watches(
+            Api::<DeserializeGuard<Swarm>>::all(client.clone()),
+            watcher::Config::default(),
+            move |swarm| {
+                let namespace = swarm.namespace();
+                let name = swarm.name_any();
+                member_store
+                    .state()
+                    .into_iter()
+                    .filter(|m| {
+                        m.namespace() == namespace && m.labels().get(labels::SWARM) == Some(&name)
+                    })
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(Api::<Secret>::all(client), managed, move |secret| {
+            let namespace = secret.namespace();
+            let member = secret.labels().get(labels::MEMBER).cloned();
+            secret_store
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace() == namespace && Some(m.name_any()) == member)
+                .map(|m| ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stop_members)
+        .run(
+            |obj, ctx| guarded(obj, ctx, "member", member::reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Ok((object, _)) = result {
+                info!(member = %object, "reconciled");
+            }
+        });
+
+    futures::join!(swarm_controller, member_controller);
+}

@@ -1,0 +1,186 @@
+//! Swarm controller: members, the headless Service, the node ConfigMap and the aggregated status.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{Context, apply};
+use crate::api::{FIELD_MANAGER, Swarm, SwarmMember, labels};
+use crate::build::{
+    bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
+};
+use crate::error::{Error, KubeContext, Result};
+use crate::status::{SpecProblem, swarm_status};
+
+/// Periodic re-check even without changes, e.g. for a model volume created after the Swarm.
+const RESYNC: Duration = Duration::from_secs(300);
+const RECHECK_PROBLEM: Duration = Duration::from_secs(30);
+
+pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
+    if swarm.metadata.deletion_timestamp.is_some() {
+        // Owner references hand the children to the garbage collector.
+        return Ok(Action::await_change());
+    }
+    let namespace = swarm
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = swarm.name_any();
+    let client = ctx.client.clone();
+    let members_api: Api<SwarmMember> = Api::namespaced(client.clone(), &namespace);
+    let reference = swarm.object_ref(&());
+
+    let problem = check_model_source(&swarm, &ctx).await?;
+    let listed = members_api
+        .list(&ListParams::default().labels(&labels::swarm_selector(&name)))
+        .await
+        .context(|| format!("list members of {namespace}/{name}"))?
+        .items;
+
+    let desired = swarm.desired_replicas();
+    let mut members: Vec<SwarmMember> = Vec::with_capacity(listed.len());
+    let mut removed = Vec::new();
+    let mut surplus: Vec<SwarmMember> = listed
+        .into_iter()
+        .filter_map(|member| {
+            let keep = member.metadata.deletion_timestamp.is_some()
+                || u32::try_from(member.spec.ordinal).is_ok_and(|o| o < desired);
+            if keep {
+                members.push(member);
+                None
+            } else {
+                Some(member)
+            }
+        })
+        .collect();
+    // Scale-down removes the highest ordinals first.
+    surplus.sort_by_key(|m| std::cmp::Reverse(m.spec.ordinal));
+    for member in surplus {
+        let member_name = member.name_any();
+        members_api
+            .delete(&member_name, &DeleteParams::background())
+            .await
+            .context(|| format!("delete member {namespace}/{member_name}"))?;
+        removed.push(member_name);
+    }
+
+    let mut created = Vec::new();
+    if problem.is_none() {
+        let present: BTreeSet<u32> = members
+            .iter()
+            .filter_map(|m| u32::try_from(m.spec.ordinal).ok())
+            .collect();
+        for ordinal in (0..desired).filter(|o| !present.contains(o)) {
+            let member = apply(&members_api, &build_member(&swarm, ordinal)).await?;
+            created.push(member.name_any());
+            members.push(member);
+        }
+    }
+    members.sort_by_key(|m| m.spec.ordinal);
+
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &namespace),
+        &build_peers_service(&swarm),
+    )
+    .await?;
+    let bootstrap_peers: Vec<String> = members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .filter_map(|m| {
+            let peer_id = m.status.as_ref()?.peer_id.as_deref()?;
+            Some(bootstrap_multiaddr(&swarm, &m.name_any(), peer_id))
+        })
+        .collect();
+    let config = build_node_config(&swarm, bootstrap_peers.clone());
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
+        &build_config_map(&swarm, &config)?,
+    )
+    .await?;
+
+    let status = swarm_status(
+        &swarm,
+        &members,
+        bootstrap_peers,
+        problem.as_ref(),
+        Timestamp::now(),
+    );
+    if swarm.status.as_ref() != Some(&status) {
+        Api::<Swarm>::namespaced(client, &namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": Swarm::api_version(&()),
+                    "kind": Swarm::kind(&()),
+                    "status": status,
+                })),
+            )
+            .await
+            .context(|| format!("write status of {namespace}/{name}"))?;
+    }
+
+    if !created.is_empty() {
+        ctx.event(
+            &reference,
+            EventType::Normal,
+            "MembersCreated",
+            format!("created {}", created.join(", ")),
+        )
+        .await;
+    }
+    if !removed.is_empty() {
+        ctx.event(
+            &reference,
+            EventType::Normal,
+            "MembersRemoved",
+            format!("removed {}", removed.join(", ")),
+        )
+        .await;
+    }
+    if let Some(problem) = problem {
+        let previous = swarm.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == crate::api::conditions::DEGRADED && c.status == "True")
+                .map(|c| c.reason.clone())
+        });
+        if previous.as_deref() != Some(problem.reason) {
+            ctx.event(
+                &reference,
+                EventType::Warning,
+                problem.reason,
+                problem.message,
+            )
+            .await;
+        }
+        return Ok(Action::requeue(RECHECK_PROBLEM));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// A Swarm whose weights live on a claim that does not exist cannot start any member.
+async fn check_model_source(swarm: &Swarm, ctx: &Context) -> Result<Option<SpecProblem>> {
+    let Some(pvc) = &swarm.spec.model.source.pvc else {
+        return Ok(None);
+    };
+    let namespace = swarm.namespace().unwrap_or_default();
+    let found = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&pvc.claim_name)
+        .await
+        .context(|| format!("look up model claim {namespace}/{}", pvc.claim_name))?;
+    Ok(found.is_none().then(|| SpecProblem {
+        reason: "ModelSourceNotFound",
+        message: format!(
+            "model.source.pvc.claimName {namespace}/{} does not exist; members are not started until it does",
+            pvc.claim_name
+        ),
+    }))
+}

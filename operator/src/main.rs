@@ -1,0 +1,162 @@
+//! The operator binary: admin server, optional leader election, both controllers, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::FutureExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use swarm_operator::admin::{self, AdminState};
+use swarm_operator::build::PodSettings;
+use swarm_operator::controller::{self, Context};
+use swarm_operator::leader::LeaseLock;
+use swarm_operator::metrics::Metrics;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Kubernetes operator for reinforcement-learning swarms"
+)]
+struct Args {
+    /// Node image for members whose Swarm names none.
+    #[arg(long, env = "NODE_IMAGE", default_value = concat!("rl-swarm-operator/swarm-node:", env!("CARGO_PKG_VERSION")))]
+    node_image: String,
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Hold a Lease before writing; needed when more than one replica runs.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "rl-swarm-operator")]
+    lease_name: String,
+    /// Namespace of the Lease; the client's default namespace when empty.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
+    log_json: bool,
+}
+
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+const LEASE_RENEW_DEADLINE: Duration = Duration::from_secs(10);
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster or kubeconfig)")?;
+    let identity = args.pod_name.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME")
+            .unwrap_or_else(|_| format!("swarm-operator-{}", std::process::id()))
+    });
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let admin_addr = args.admin_addr;
+    tokio::spawn(async move {
+        if let Err(err) = admin::serve(admin_addr, admin_state).await {
+            error!(%err, %admin_addr, "admin server stopped");
+        }
+    });
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        }
+    }
+    .shared();
+
+    let lock = args.leader_elect.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        Arc::new(LeaseLock::new(
+            Api::<Lease>::namespaced(client.clone(), &namespace),
+            &args.lease_name,
+            &identity,
+            LEASE_DURATION,
+        ))
+    });
+
+    // A standby replica is ready: it serves and takes over when the leader goes.
+    ready.store(true, Ordering::Relaxed);
+    let lost = match &lock {
+        Some(lock) => {
+            tokio::select! {
+                () = lock.acquire(LEASE_RETRY) => {}
+                () = shutdown.clone() => return Ok(()),
+            }
+            let holder = lock.clone();
+            async move { holder.hold(LEASE_RENEW_EVERY, LEASE_RENEW_DEADLINE).await }
+                .boxed()
+                .shared()
+        }
+        None => futures::future::pending().boxed().shared(),
+    };
+
+    let ctx = Arc::new(Context::new(
+        client,
+        Reporter {
+            controller: "rl-swarm-operator".into(),
+            instance: Some(identity),
+        },
+        metrics,
+        PodSettings {
+            default_image: args.node_image,
+        },
+    ));
+    let stop = {
+        let lost = lost.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = lost => {}
+            }
+        }
+    };
+    controller::run(ctx, stop).await;
+
+    if lost.clone().now_or_never().is_some() {
+        anyhow::bail!("lost leadership; exiting so that a fresh process competes again");
+    }
+    if let Some(lock) = lock {
+        if let Err(err) = lock.release().await {
+            error!(%err, "cannot release the Lease; the next leader waits for it to expire");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Pure status computation: what a pod tells about its member, and what the members tell about their
+//! Swarm. Status never claims more than what was observed.
+
+mod member;
+mod swarm;
+
+pub use member::{PodObservation, observe_pod};
+pub use swarm::{SpecProblem, swarm_status};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// A condition, keeping the previous transition time when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}

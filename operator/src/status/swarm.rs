@@ -1,0 +1,298 @@
+use jiff::Timestamp;
+
+use super::condition;
+use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmPhase, SwarmStatus, conditions, labels};
+
+/// Why a Swarm that passed admission cannot be realised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The Swarm's status, computed only from the members that exist and what their status says.
+pub fn swarm_status(
+    swarm: &Swarm,
+    members: &[SwarmMember],
+    bootstrap_peers: Vec<String>,
+    problem: Option<&SpecProblem>,
+    now: Timestamp,
+) -> SwarmStatus {
+    let name = swarm.metadata.name.as_deref().unwrap_or_default();
+    let desired = i32::try_from(swarm.desired_replicas()).unwrap_or(i32::MAX);
+    let live: Vec<&SwarmMember> = members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .collect();
+    let existing = i32::try_from(live.len()).unwrap_or(i32::MAX);
+    let ready = i32::try_from(live.iter().filter(|m| m.is_ready()).count()).unwrap_or(i32::MAX);
+    let previous = swarm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = swarm.metadata.generation;
+
+    let troubled: Vec<String> = live
+        .iter()
+        .filter_map(|m| {
+            let status = m.status.as_ref()?;
+            let stuck = status.phase == Some(MemberPhase::Failed)
+                || status
+                    .message
+                    .as_deref()
+                    .is_some_and(|msg| msg.starts_with("unschedulable"));
+            stuck.then(|| {
+                format!(
+                    "{}: {}",
+                    m.metadata.name.as_deref().unwrap_or_default(),
+                    status.message.as_deref().unwrap_or("failed")
+                )
+            })
+        })
+        .collect();
+
+    let available = ready >= desired;
+    let settled = existing == desired && ready == desired;
+    let (degraded, degraded_reason, degraded_message) = match problem {
+        Some(p) => (true, p.reason, p.message.clone()),
+        None if !troubled.is_empty() => (true, "MembersNotRunning", troubled.join("; ")),
+        None => (false, "AsExpected", "no problems observed".to_owned()),
+    };
+    let (progress_reason, progress_message) = if existing < desired {
+        (
+            "ScalingUp",
+            format!("{existing} of {desired} members exist"),
+        )
+    } else if existing > desired {
+        (
+            "ScalingDown",
+            format!("removing {} members", existing - desired),
+        )
+    } else if ready < desired {
+        (
+            "MembersStarting",
+            format!("{ready} of {desired} members ready"),
+        )
+    } else {
+        ("Settled", format!("{desired} members ready"))
+    };
+
+    let phase = if degraded {
+        SwarmPhase::Degraded
+    } else if settled {
+        SwarmPhase::Running
+    } else if ready == 0 {
+        SwarmPhase::Pending
+    } else {
+        SwarmPhase::Progressing
+    };
+
+    SwarmStatus {
+        replicas: existing,
+        ready_replicas: ready,
+        selector: labels::swarm_selector(name),
+        phase: Some(phase),
+        round: live.iter().filter_map(|m| m.status.as_ref()?.round).max(),
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                previous,
+                conditions::AVAILABLE,
+                available,
+                if available {
+                    "MembersReady"
+                } else {
+                    "MembersNotReady"
+                },
+                format!("{ready} of {desired} members ready"),
+                generation,
+                now,
+            ),
+            condition(
+                previous,
+                conditions::PROGRESSING,
+                !settled,
+                progress_reason,
+                progress_message,
+                generation,
+                now,
+            ),
+            condition(
+                previous,
+                conditions::DEGRADED,
+                degraded,
+                degraded_reason,
+                degraded_message,
+                generation,
+                now,
+            ),
+        ],
+        bootstrap_peers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::SwarmMemberStatus;
+    use crate::build::fixtures;
+
+    fn with_phase(
+        mut member: SwarmMember,
+        phase: MemberPhase,
+        message: Option<&str>,
+    ) -> SwarmMember {
+        member.status = Some(SwarmMemberStatus {
+            phase: Some(phase),
+            message: message.map(str::to_owned),
+            ..Default::default()
+        });
+        member
+    }
+
+    fn status_of(swarm: &Swarm, members: &[SwarmMember]) -> SwarmStatus {
+        swarm_status(swarm, members, vec![], None, Timestamp::UNIX_EPOCH)
+    }
+
+    fn condition_status<'a>(status: &'a SwarmStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn all_members_ready_is_running() {
+        let swarm = fixtures::swarm(2);
+        let members: Vec<_> = (0..2)
+            .map(|i| with_phase(fixtures::member(&swarm, i), MemberPhase::Running, None))
+            .collect();
+        let status = status_of(&swarm, &members);
+        assert_eq!((status.replicas, status.ready_replicas), (2, 2));
+        assert_eq!(status.selector, "rlswarm.dev/swarm=demo");
+        assert_eq!(status.phase, Some(SwarmPhase::Running));
+        assert_eq!(
+            condition_status(&status, "Available"),
+            ("True", "MembersReady")
+        );
+        assert_eq!(
+            condition_status(&status, "Progressing"),
+            ("False", "Settled")
+        );
+        assert_eq!(
+            condition_status(&status, "Degraded"),
+            ("False", "AsExpected")
+        );
+        assert_eq!(status.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn pending_and_starting_members_are_not_ready() {
+        let swarm = fixtures::swarm(3);
+        let members = vec![
+            with_phase(fixtures::member(&swarm, 0), MemberPhase::Running, None),
+            with_phase(
+                fixtures::member(&swarm, 1),
+                MemberPhase::Pending,
+                Some("waiting for the scheduler"),
+            ),
+            with_phase(
+                fixtures::member(&swarm, 2),
+                MemberPhase::Starting,
+                Some("ContainerCreating"),
+            ),
+        ];
+        let status = status_of(&swarm, &members);
+        assert_eq!((status.replicas, status.ready_replicas), (3, 1));
+        assert_eq!(status.phase, Some(SwarmPhase::Progressing));
+        assert_eq!(
+            condition_status(&status, "Available"),
+            ("False", "MembersNotReady")
+        );
+        assert_eq!(
+            condition_status(&status, "Progressing"),
+            ("True", "MembersStarting")
+        );
+    }
+
+    #[test]
+    fn unschedulable_members_degrade_the_swarm_and_say_why() {
+        let swarm = fixtures::swarm(2);
+        let members = vec![
+            with_phase(fixtures::member(&swarm, 0), MemberPhase::Running, None),
+            with_phase(
+                fixtures::member(&swarm, 1),
+                MemberPhase::Pending,
+                Some("unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+            ),
+        ];
+        let status = status_of(&swarm, &members);
+        assert_eq!(status.phase, Some(SwarmPhase::Degraded));
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(degraded.status, "True");
+        assert!(
+            degraded
+                .message
+                .contains("demo-1: unschedulable: 0/4 nodes"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    #[test]
+    fn missing_members_mean_scaling_up() {
+        let swarm = fixtures::swarm(4);
+        let members = vec![fixtures::member(&swarm, 0)];
+        let status = status_of(&swarm, &members);
+        assert_eq!((status.replicas, status.ready_replicas), (1, 0));
+        assert_eq!(status.phase, Some(SwarmPhase::Pending));
+        assert_eq!(
+            condition_status(&status, "Progressing"),
+            ("True", "ScalingUp")
+        );
+    }
+
+    #[test]
+    fn members_being_deleted_do_not_count() {
+        let swarm = fixtures::swarm(1);
+        let mut leaving = with_phase(fixtures::member(&swarm, 1), MemberPhase::Running, None);
+        leaving.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let members = vec![
+            with_phase(fixtures::member(&swarm, 0), MemberPhase::Running, None),
+            leaving,
+        ];
+        let status = status_of(&swarm, &members);
+        assert_eq!((status.replicas, status.ready_replicas), (1, 1));
+        assert_eq!(status.phase, Some(SwarmPhase::Running));
+    }
+
+    #[test]
+    fn spec_problem_wins_over_everything() {
+        let swarm = fixtures::swarm(1);
+        let problem = SpecProblem {
+            reason: "ModelSourceNotFound",
+            message: "PersistentVolumeClaim research/models does not exist".into(),
+        };
+        let status = swarm_status(&swarm, &[], vec![], Some(&problem), Timestamp::UNIX_EPOCH);
+        assert_eq!(status.phase, Some(SwarmPhase::Degraded));
+        assert_eq!(
+            condition_status(&status, "Degraded"),
+            ("True", "ModelSourceNotFound")
+        );
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_a_condition_holds() {
+        let mut swarm = fixtures::swarm(0);
+        let first = swarm_status(&swarm, &[], vec![], None, Timestamp::UNIX_EPOCH);
+        swarm.status = Some(first.clone());
+        let later = Timestamp::from_second(1_000).unwrap();
+        let second = swarm_status(&swarm, &[], vec![], None, later);
+        assert_eq!(first.conditions, second.conditions);
+    }
+}

@@ -1,0 +1,297 @@
+//! Every admission rule of the Swarm and SwarmMember CRDs, evaluated client-side with the same CEL the
+//! API server runs: each valid case passes, each invalid case fails with its own message.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use swarm_node_config::{Dtype, TrainingConfig};
+use swarm_operator::api::*;
+
+fn swarm(name: &str) -> Swarm {
+    Swarm {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: SwarmSpec {
+            replicas: 4,
+            member: MemberTemplate::default(),
+            model: ModelSpec {
+                source: ModelSource {
+                    pvc: Some(PvcModelSource {
+                        claim_name: "models".into(),
+                        path: None,
+                    }),
+                    ..Default::default()
+                },
+                dtype: Dtype::Bf16,
+            },
+            training: TrainingConfig::default(),
+            rounds: RoundsSpec::default(),
+            p2p: P2pSpec::default(),
+            checkpoints: None,
+            identity: IdentitySpec::default(),
+        },
+        status: None,
+    }
+}
+
+fn messages(result: Result<(), kube::core::cel::ValidationErrors>) -> Vec<String> {
+    match result {
+        Ok(()) => vec![],
+        Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+    }
+}
+
+/// Asserts that exactly one rule fails, with a message containing `expected`.
+fn rejected(swarm: &Swarm, expected: &str) {
+    let found = messages(swarm.validate_cel());
+    assert!(
+        found.len() == 1 && found[0].contains(expected),
+        "expected one error containing {expected:?}, got {found:?}"
+    );
+}
+
+fn accepted(swarm: &Swarm) {
+    let found = messages(swarm.validate_cel());
+    assert!(found.is_empty(), "expected no errors, got {found:?}");
+}
+
+#[test]
+fn a_plain_swarm_is_valid() {
+    accepted(&swarm("demo"));
+}
+
+#[test]
+fn replicas_are_bounded() {
+    for ok in [0, 1, 1000] {
+        let mut s = swarm("demo");
+        s.spec.replicas = ok;
+        accepted(&s);
+    }
+    for bad in [-1, 1001] {
+        let mut s = swarm("demo");
+        s.spec.replicas = bad;
+        rejected(&s, "replicas must be between 0 and 1000");
+    }
+}
+
+#[test]
+fn a_group_needs_two_completions() {
+    let mut s = swarm("demo");
+    s.spec.training.completions_per_question = 2;
+    accepted(&s);
+    s.spec.training.completions_per_question = 1;
+    rejected(&s, "completionsPerQuestion (G) must be at least 2");
+}
+
+#[test]
+fn a_round_trains_on_local_or_external_rollouts() {
+    let mut s = swarm("demo");
+    s.spec.training.local_rollouts = 0;
+    s.spec.training.external_rollouts = 1;
+    accepted(&s);
+    s.spec.training.external_rollouts = 0;
+    rejected(&s, "(I + J) must be at least 1");
+}
+
+#[test]
+fn learning_rate_is_positive() {
+    let mut s = swarm("demo");
+    s.spec.training.learning_rate = 0.0;
+    rejected(&s, "learningRate must be greater than 0");
+    s.spec.training.learning_rate = -1e-6;
+    rejected(&s, "learningRate must be greater than 0");
+}
+
+#[test]
+fn clip_bounds_lie_strictly_between_zero_and_one() {
+    for (low, high, field) in [
+        (0.0, 0.28, "clipEpsilonLow"),
+        (1.0, 0.28, "clipEpsilonLow"),
+        (0.2, 0.0, "clipEpsilonHigh"),
+        (0.2, 1.5, "clipEpsilonHigh"),
+    ] {
+        let mut s = swarm("demo");
+        s.spec.training.clip_epsilon_low = low;
+        s.spec.training.clip_epsilon_high = high;
+        rejected(
+            &s,
+            &format!("training.{field} must be between 0 and 1 (exclusive)"),
+        );
+    }
+    let mut s = swarm("demo");
+    s.spec.training.clip_epsilon_low = 0.1;
+    s.spec.training.clip_epsilon_high = 0.9;
+    accepted(&s);
+}
+
+#[test]
+fn kl_weight_and_temperature_are_sane() {
+    let mut s = swarm("demo");
+    s.spec.training.kl_beta = -0.1;
+    rejected(&s, "klBeta must not be negative");
+    let mut s = swarm("demo");
+    s.spec.training.temperature = 0.0;
+    rejected(&s, "temperature must be greater than 0");
+}
+
+#[test]
+fn swarm_name_leaves_room_for_derived_names() {
+    let longest = "a".repeat(50);
+    accepted(&swarm(&longest));
+    let member_secret = format!("{longest}-999-identity");
+    assert_eq!(member_secret.len(), 63);
+    rejected(&swarm(&"a".repeat(51)), "at most 50 characters");
+}
+
+#[test]
+fn swarm_name_is_a_dns_label_starting_with_a_letter() {
+    rejected(
+        &swarm("7swarm"),
+        "must be a DNS label that starts with a letter",
+    );
+    rejected(
+        &swarm("my.swarm"),
+        "must be a DNS label that starts with a letter",
+    );
+    rejected(
+        &swarm("swarm-"),
+        "must be a DNS label that starts with a letter",
+    );
+    accepted(&swarm("swarm-7"));
+}
+
+#[test]
+fn model_source_names_exactly_one_place() {
+    let mut s = swarm("demo");
+    s.spec.model.source.hub = Some(HubModelSource {
+        id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+        revision: None,
+    });
+    rejected(&s, "exactly one of pvc, image or hub");
+    s.spec.model.source = ModelSource::default();
+    rejected(&s, "exactly one of pvc, image or hub");
+}
+
+#[test]
+fn member_template_fields_are_checked() {
+    let mut s = swarm("demo");
+    s.spec.member.resources.gpus = Some(17);
+    rejected(&s, "gpus must be between 0 and 16");
+    let mut s = swarm("demo");
+    s.spec.member.image_pull_policy = Some("Sometimes".into());
+    rejected(&s, "imagePullPolicy must be Always, IfNotPresent or Never");
+}
+
+#[test]
+fn ports_rounds_and_peers_are_checked() {
+    let mut s = swarm("demo");
+    s.spec.p2p.port = 80;
+    rejected(&s, "p2p.port must be between 1024 and 65535");
+    let mut s = swarm("demo");
+    s.spec.p2p.bootstrap_peers = vec!["peer.example.com:4001".into()];
+    rejected(&s, "p2p.bootstrapPeers must be multiaddrs");
+    let mut s = swarm("demo");
+    s.spec.rounds.duration_seconds = 0;
+    rejected(&s, "rounds.durationSeconds must be between 1 and 86400");
+    let mut s = swarm("demo");
+    s.spec.rounds.max_rounds = Some(0);
+    rejected(&s, "rounds.maxRounds must be at least 1");
+}
+
+fn update_messages(new: &Swarm, old: &Swarm) -> Vec<String> {
+    messages(new.validate_cel_update(old))
+}
+
+#[test]
+fn model_is_immutable() {
+    let old = swarm("demo");
+    let mut new = old.clone();
+    new.spec.model.source.pvc = Some(PvcModelSource {
+        claim_name: "other-models".into(),
+        path: None,
+    });
+    let found = update_messages(&new, &old);
+    assert!(
+        found.iter().any(|m| m.contains("model is immutable")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn group_size_is_immutable() {
+    let old = swarm("demo");
+    let mut new = old.clone();
+    new.spec.training.completions_per_question = 4;
+    let found = update_messages(&new, &old);
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("completionsPerQuestion (G) is immutable")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn checkpoint_storage_class_is_immutable() {
+    let mut old = swarm("demo");
+    old.spec.checkpoints = Some(CheckpointSpec {
+        storage_class_name: Some("fast".into()),
+        size: k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Gi".into()),
+        every_rounds: 10,
+    });
+    let mut new = old.clone();
+    new.spec.checkpoints.as_mut().unwrap().storage_class_name = Some("slow".into());
+    let found = update_messages(&new, &old);
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("storageClassName is immutable")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn scaling_and_tuning_are_allowed_updates() {
+    let old = swarm("demo");
+    let mut new = old.clone();
+    new.spec.replicas = 9;
+    new.spec.training.learning_rate = 3e-6;
+    new.spec.training.local_rollouts = 2;
+    new.spec.training.external_rollouts = 6;
+    assert_eq!(update_messages(&new, &old), Vec::<String>::new());
+}
+
+fn member(ordinal: i32) -> SwarmMember {
+    SwarmMember {
+        metadata: ObjectMeta {
+            name: Some(format!("demo-{ordinal}")),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: SwarmMemberSpec {
+            swarm: "demo".into(),
+            ordinal,
+        },
+        status: None,
+    }
+}
+
+#[test]
+fn member_ordinal_is_bounded_and_spec_immutable() {
+    assert!(member(999).validate_cel().is_ok());
+    let found = messages(member(1000).validate_cel());
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("ordinal must be between 0 and 999")),
+        "{found:?}"
+    );
+    let found = messages(member(2).validate_cel_update(&member(1)));
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("swarm and ordinal are immutable")),
+        "{found:?}"
+    );
+}
