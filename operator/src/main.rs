@@ -153,10 +153,10 @@ async fn main() -> anyhow::Result<()> {
     if lost.clone().now_or_never().is_some() {
         anyhow::bail!("lost leadership; exiting so that a fresh process competes again");
     }
-    if let Some(lock) = lock {
-        if let Err(err) = lock.release().await {
-            error!(%err, "cannot release the Lease; the next leader waits for it to expire");
-        }
+    if let Some(lock) = lock
+        && let Err(err) = lock.release().await
+    {
+        error!(%err, "cannot release the Lease; the next leader waits for it to expire");
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ pub const MAX_SWARM_NAME_LEN: usize = 63 - "-999-identity".len();
 /// Most members one Swarm may declare.
 pub const MAX_REPLICAS: i32 = 1000;
 
+// Printer columns repeat `type_` values, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "rlswarm.dev",
