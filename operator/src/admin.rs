@@ -1,6 +1,5 @@
 //! The admin server: `/healthz` (the process serves), `/readyz` (it can do its work), `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -26,8 +26,7 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
 }
 
@@ -52,5 +51,51 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn serves_health_readiness_and_metrics() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        drop(metrics.start("swarm"));
+        let ready = Arc::new(AtomicBool::new(false));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            AdminState {
+                registry: Arc::new(registry),
+                ready: ready.clone(),
+            },
+        ));
+
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        ready.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(
+            metrics.contains("swarm_operator_reconciliations_total{controller=\"swarm\"} 1"),
+            "{metrics}"
+        );
     }
 }

@@ -28,6 +28,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The member's identity Secret exists but cannot serve as its identity.
+    pub fn is_identity_problem(&self) -> bool {
+        matches!(
+            self,
+            Error::Identity { .. } | Error::ForeignSecret(_) | Error::IdentityKeyMissing(_)
+        )
+    }
+
     /// Stable label for the failure metric and Event reasons.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -98,8 +98,12 @@ impl LeaseLock {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
         self.api
-            .replace(&self.name, &PostParams::default(), &lease)
+            .replace(&self.name, &params, &lease)
             .await
             .context(|| format!("release lease {}", self.name))?;
         Ok(())

@@ -11,6 +11,10 @@ pub mod status;
 
 use kube::CustomResourceExt;
 
+/// Where the generated CRDs are committed, relative to the workspace root: the plain manifests and the
+/// copy the Helm chart templates from (a chart can only read files inside itself).
+pub const CRD_DIRS: [&str; 2] = ["crds", "charts/swarm-operator/files/crds"];
+
 /// The CRDs of this operator, in the order they are written to `crds/`.
 pub fn crds() -> Vec<(
     &'static str,

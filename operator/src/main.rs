@@ -32,6 +32,9 @@ struct Args {
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: SocketAddr,
+    /// Manage Swarms in this namespace only (namespace scope); every namespace when empty.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Hold a Lease before writing; needed when more than one replica runs.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
@@ -83,8 +86,11 @@ async fn main() -> anyhow::Result<()> {
         ready: ready.clone(),
     };
     let admin_addr = args.admin_addr;
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {admin_addr}"))?;
     tokio::spawn(async move {
-        if let Err(err) = admin::serve(admin_addr, admin_state).await {
+        if let Err(err) = admin::serve(listener, admin_state).await {
             error!(%err, %admin_addr, "admin server stopped");
         }
     });
@@ -148,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
-    controller::run(ctx, stop).await;
+    controller::run(ctx, args.watch_namespace, stop).await;
 
     if lost.clone().now_or_never().is_some() {
         anyhow::bail!("lost leadership; exiting so that a fresh process competes again");

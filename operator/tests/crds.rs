@@ -4,30 +4,34 @@ use std::path::Path;
 
 #[test]
 fn committed_crds_match_the_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    let mut expected_files = Vec::new();
-    for (file, crd) in swarm_operator::crds() {
-        let generated = swarm_operator::crd_yaml(&crd).unwrap();
-        let path = dir.join(file);
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == generated,
-            "{} differs from the CRD the Rust types generate; run `cargo run -p swarm-operator --bin crdgen` and commit the result",
-            path.display()
+    for dir in swarm_operator::CRD_DIRS {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+        let mut expected_files = Vec::new();
+        for (file, crd) in swarm_operator::crds() {
+            let generated = swarm_operator::crd_yaml(&crd).unwrap();
+            let path = dir.join(file);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{} differs from the CRD the Rust types generate; run `cargo run -p swarm-operator --bin crdgen` and commit the result",
+                path.display()
+            );
+            expected_files.push(file.to_owned());
+        }
+        let mut present: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml"))
+            .collect();
+        present.sort();
+        expected_files.sort();
+        assert_eq!(
+            present,
+            expected_files,
+            "{} holds a CRD no type generates",
+            dir.display()
         );
-        expected_files.push(file.to_owned());
     }
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".yaml"))
-        .collect();
-    present.sort();
-    expected_files.sort();
-    assert_eq!(
-        present, expected_files,
-        "crds/ holds a CRD no type generates"
-    );
 }
 
 use kube::CustomResourceExt;

@@ -56,7 +56,23 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     };
     let reference = member.object_ref(&());
 
-    let key = ensure_identity(&ctx, &swarm, &member).await?;
+    let key = match ensure_identity(&ctx, &swarm, &member).await {
+        Ok(key) => key,
+        Err(error) if error.is_identity_problem() => {
+            // No pod runs without this member's own key; the status says why.
+            let status = SwarmMemberStatus {
+                phase: Some(MemberPhase::Failed),
+                message: Some(error.to_string()),
+                observed_generation: member.metadata.generation,
+                ..member.status.clone().unwrap_or_default()
+            };
+            if member.status.as_ref() != Some(&status) {
+                write_status(&ctx, &member, &status).await?;
+            }
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     if let Some(checkpoints) = &swarm.spec.checkpoints {
         apply(
             &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace),
@@ -84,7 +100,10 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     match pod {
         Some(pod) if !owned_by(&pod, &member) || pod.metadata.deletion_timestamp.is_some() => {
             // An earlier pod under this name is still going away; a new one cannot be created yet.
-            apply_observation(&mut status, &pod);
+            // What that pod shows is not this member's state: a previous incarnation's pod may still
+            // run and be ready, and must neither make this member Running nor end its failure streak.
+            status.phase = Some(MemberPhase::Pending);
+            status.node = None;
             status.pod = None;
             status.message = Some("waiting for the previous pod to be removed".into());
             requeue = WAIT_FOR_REMOVAL;
@@ -171,20 +190,31 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         now,
     )];
     if status != prior {
-        Api::<SwarmMember>::namespaced(client, &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": SwarmMember::api_version(&()),
-                    "kind": SwarmMember::kind(&()),
-                    "status": status,
-                })),
-            )
-            .await
-            .context(|| format!("write status of member {namespace}/{name}"))?;
+        write_status(&ctx, &member, &status).await?;
     }
     Ok(Action::requeue(requeue))
+}
+
+async fn write_status(
+    ctx: &Context,
+    member: &SwarmMember,
+    status: &SwarmMemberStatus,
+) -> Result<()> {
+    let namespace = member.namespace().unwrap_or_default();
+    let name = member.name_any();
+    Api::<SwarmMember>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": SwarmMember::api_version(&()),
+                "kind": SwarmMember::kind(&()),
+                "status": status,
+            })),
+        )
+        .await
+        .context(|| format!("write status of member {namespace}/{name}"))?;
+    Ok(())
 }
 
 /// The member's key: read from its Secret, or generated once and stored in a new immutable Secret.

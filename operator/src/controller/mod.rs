@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -142,23 +143,25 @@ where
             let result = reconcile(ctx.clone(), valid.clone()).await;
             match &result {
                 Ok(_) => ctx.retries.succeeded(&key),
-                Err(error) => ctx.metrics.failed(controller, error.reason()),
+                Err(error) => {
+                    ctx.metrics.failed(controller, error.reason());
+                    let reference = reference_of::<K>(object.meta());
+                    ctx.event(
+                        &reference,
+                        EventType::Warning,
+                        error.reason(),
+                        error.to_string(),
+                    )
+                    .await;
+                }
             }
             result
         }
         Err(invalid) => {
             ctx.metrics.failed(controller, "MalformedObject");
             warn!(object = %key, error = %invalid.error, "skipping malformed object");
-            let reference = ObjectReference {
-                api_version: Some(K::api_version(&()).into_owned()),
-                kind: Some(K::kind(&()).into_owned()),
-                name: invalid.metadata.name.clone(),
-                namespace: invalid.metadata.namespace.clone(),
-                uid: invalid.metadata.uid.clone(),
-                ..Default::default()
-            };
             ctx.event(
-                &reference,
+                &reference_of::<K>(&invalid.metadata),
                 EventType::Warning,
                 "MalformedObject",
                 format!("cannot read this object: {}", invalid.error),
@@ -166,6 +169,17 @@ where
             .await;
             Ok(Action::await_change())
         }
+    }
+}
+
+fn reference_of<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        ..Default::default()
     }
 }
 
@@ -180,9 +194,36 @@ fn error_policy<K: Resource>(
     Action::requeue(delay)
 }
 
+/// Builds namespaced or cluster-wide Apis for the operator's scope.
+struct Scoped {
+    client: Client,
+    namespace: Option<String>,
+}
+
+impl Scoped {
+    fn of<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
+    }
+}
+
 /// Runs both controllers until `shutdown` resolves; in-flight reconciliations finish first.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    // Cluster scope watches every namespace; namespace scope only one, with only a Role there.
+    let scoped = Scoped {
+        client: ctx.client.clone(),
+        namespace,
+    };
     let managed = watcher::Config::default().labels(&labels::managed_selector());
     let (stop_swarms, stop_members) = {
         let shared = futures::FutureExt::shared(shutdown);
@@ -190,15 +231,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     };
 
     let swarm_controller = Controller::new(
-        Api::<DeserializeGuard<Swarm>>::all(client.clone()),
+        scoped.of::<DeserializeGuard<Swarm>>(),
         watcher::Config::default(),
     )
     .owns(
-        Api::<DeserializeGuard<SwarmMember>>::all(client.clone()),
+        scoped.of::<DeserializeGuard<SwarmMember>>(),
         watcher::Config::default(),
     )
-    .owns(Api::<Service>::all(client.clone()), managed.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+    .owns(scoped.of::<Service>(), managed.clone())
+    .owns(scoped.of::<ConfigMap>(), managed.clone())
     .graceful_shutdown_on(stop_swarms)
     .run(
         |obj, ctx| guarded(obj, ctx, "swarm", swarm::reconcile),
@@ -212,15 +253,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     });
 
     let members = Controller::new(
-        Api::<DeserializeGuard<SwarmMember>>::all(client.clone()),
+        scoped.of::<DeserializeGuard<SwarmMember>>(),
         watcher::Config::default(),
     );
     let member_store = members.store();
     let secret_store = member_store.clone();
     let member_controller = members
-        .owns(Api::<Pod>::all(client.clone()), managed.clone())
+        .owns(scoped.of::<Pod>(), managed.clone())
         .watches(
-            Api::<DeserializeGuard<Swarm>>::all(client.clone()),
+            scoped.of::<DeserializeGuard<Swarm>>(),
             watcher::Config::default(),
             move |swarm| {
                 let namespace = swarm.namespace();
@@ -235,7 +276,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                     .collect::<Vec<_>>()
             },
         )
-        .watches(Api::<Secret>::all(client), managed, move |secret| {
+        .watches(scoped.of::<Secret>(), managed, move |secret| {
             let namespace = secret.namespace();
             let member = secret.labels().get(labels::MEMBER).cloned();
             secret_store
