@@ -26,7 +26,7 @@ use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use swarm_node_config::{CONFIG_FILE, NodeConfig};
 use swarm_operator::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus};
 use swarm_operator::build::{PodSettings, build_member, build_member_pod};
-use swarm_operator::controller::{Context, member, swarm};
+use swarm_operator::controller::{Context, guarded, member, swarm};
 use swarm_operator::leader::LeaseLock;
 use swarm_operator::metrics::Metrics;
 
@@ -1166,6 +1166,34 @@ async fn secret_of_someone_else_is_never_used_as_an_identity() {
     .await;
     let error = result.unwrap_err();
     assert_eq!(error.reason(), "ForeignSecret", "{error}");
+}
+
+#[tokio::test]
+async fn malformed_swarm_is_reported_and_skipped() {
+    // What a watch delivers for a Swarm stored under an older, incompatible schema.
+    let malformed: kube::core::DeserializeGuard<Swarm> = serde_json::from_value(json!({
+        "apiVersion": "rlswarm.dev/v1alpha1",
+        "kind": "Swarm",
+        "metadata": {"name": "demo", "namespace": NS, "uid": SWARM_UID},
+        "spec": {"replicas": "many"}
+    }))
+    .unwrap();
+    assert!(malformed.0.is_err());
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    let action = run(
+        server,
+        |mut server| async move {
+            let event = server.event(NS, "Warning", "MalformedObject").await;
+            assert_eq!(event["regarding"]["name"], "demo");
+            let note = event["note"].as_str().unwrap();
+            assert!(note.starts_with("cannot read this object"), "{note}");
+            server
+        },
+        guarded(Arc::new(malformed), ctx.clone(), "swarm", swarm::reconcile),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::await_change());
 }
 
 // ----- leader election -----

@@ -124,7 +124,7 @@ fn object_key<K: Resource>(object: &K) -> String {
 
 /// Runs a reconciler over a guarded object: a malformed object gets a Warning Event and is skipped,
 /// so it can neither crash the operator nor stop the watch that delivered it.
-async fn guarded<K, F, Fut>(
+pub async fn guarded<K, F, Fut>(
     object: Arc<DeserializeGuard<K>>,
     ctx: Arc<Context>,
     controller: &'static str,
