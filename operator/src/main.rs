@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
-use kube::{Api, Client};
+use kube::{Api, Config};
 use prometheus_client::registry::Registry;
 use swarm_operator::admin::{self, AdminState};
 use swarm_operator::build::PodSettings;
@@ -70,9 +71,6 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
-    let client = Client::try_default()
-        .await
-        .context("cannot configure a Kubernetes client (in-cluster or kubeconfig)")?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .unwrap_or_else(|_| format!("swarm-operator-{}", std::process::id()))
@@ -80,6 +78,13 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let config = Config::infer()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster or kubeconfig)")?;
+    let client = ClientBuilder::try_from(config)
+        .context("cannot build a Kubernetes client")?
+        .with_layer(&metrics.count_requests())
+        .build();
     let ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
         registry: Arc::new(registry),

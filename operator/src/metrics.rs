@@ -19,8 +19,15 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabel {
+    pub method: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Every request the operator sends to the API server, by HTTP method.
+    pub api_requests: Family<ApiRequestLabel, Counter>,
     pub reconciliations: Family<ControllerLabel, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub duration: Family<ControllerLabel, Histogram>,
@@ -29,12 +36,18 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
+            api_requests: Family::default(),
             reconciliations: Family::default(),
             failures: Family::default(),
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
         };
+        registry.register(
+            "swarm_operator_api_requests",
+            "Requests sent to the Kubernetes API server, by method",
+            metrics.api_requests.clone(),
+        );
         registry.register(
             "swarm_operator_reconciliations",
             "Reconciliations started",
@@ -65,6 +78,22 @@ impl Metrics {
                 .clone(),
             started: Instant::now(),
         }
+    }
+
+    /// A client layer that counts every request the operator sends.
+    pub fn count_requests<B>(
+        &self,
+    ) -> tower::util::MapRequestLayer<impl Fn(http::Request<B>) -> http::Request<B> + Clone + use<B>>
+    {
+        let requests = self.api_requests.clone();
+        tower::util::MapRequestLayer::new(move |request: http::Request<B>| {
+            requests
+                .get_or_create(&ApiRequestLabel {
+                    method: request.method().to_string(),
+                })
+                .inc();
+            request
+        })
     }
 
     pub fn failed(&self, controller: &'static str, reason: &'static str) {
@@ -113,5 +142,27 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn counts_api_requests_by_method() {
+        use tower::{Layer, ServiceExt};
+        let metrics = Metrics::register(&mut Registry::default());
+        let service = metrics.count_requests().layer(tower::service_fn(
+            |_request: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) },
+        ));
+        for method in [http::Method::GET, http::Method::PATCH, http::Method::GET] {
+            let request = http::Request::builder().method(method).body(()).unwrap();
+            service.clone().oneshot(request).await.unwrap();
+        }
+        let count = |method: &str| {
+            metrics
+                .api_requests
+                .get_or_create(&ApiRequestLabel {
+                    method: method.into(),
+                })
+                .get()
+        };
+        assert_eq!((count("GET"), count("PATCH"), count("POST")), (2, 1, 0));
     }
 }

@@ -194,6 +194,24 @@ fn error_policy<K: Resource>(
     Action::requeue(delay)
 }
 
+/// Remembers the last generation seen of each object, to tell spec changes from status updates.
+#[derive(Default)]
+struct GenerationTracker {
+    seen: Mutex<HashMap<String, Option<i64>>>,
+}
+
+impl GenerationTracker {
+    fn changed<K: Resource>(&self, object: &K) -> bool {
+        let generation = object.meta().generation;
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(object_key(object), generation);
+        previous != Some(generation)
+    }
+}
+
 /// Builds namespaced or cluster-wide Apis for the operator's scope.
 struct Scoped {
     client: Client,
@@ -258,12 +276,18 @@ pub async fn run(
     );
     let member_store = members.store();
     let secret_store = member_store.clone();
+    let spec_changes = GenerationTracker::default();
     let member_controller = members
         .owns(scoped.of::<Pod>(), managed.clone())
         .watches(
             scoped.of::<DeserializeGuard<Swarm>>(),
             watcher::Config::default(),
             move |swarm| {
+                // Members depend on the Swarm's spec only; its status changes with every member and
+                // must not re-reconcile all of them each time.
+                if !spec_changes.changed(&swarm) {
+                    return Vec::new();
+                }
                 let namespace = swarm.namespace();
                 let name = swarm.name_any();
                 member_store
@@ -299,4 +323,33 @@ pub async fn run(
         });
 
     futures::join!(swarm_controller, member_controller);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures;
+
+    #[test]
+    fn generation_tracker_sees_spec_changes_only() {
+        let tracker = GenerationTracker::default();
+        let mut swarm = fixtures::swarm(2);
+        assert!(tracker.changed(&swarm), "first sight");
+        swarm.status = Some(Default::default());
+        assert!(!tracker.changed(&swarm), "status update, same generation");
+        swarm.metadata.generation = Some(2);
+        assert!(tracker.changed(&swarm), "spec change");
+        assert!(!tracker.changed(&swarm));
+    }
+
+    #[test]
+    fn retry_backoff_doubles_and_resets_on_success() {
+        let retries = RetryBackoff::default();
+        let delays: Vec<u64> = (0..10)
+            .map(|_| retries.failed("ns/a".into()).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        retries.succeeded("ns/a");
+        assert_eq!(retries.failed("ns/a".into()).as_secs(), 2);
+    }
 }

@@ -1,0 +1,415 @@
+//! Harness for end-to-end tests against the control plane `e2e/bin/cluster up` starts: the chart
+//! installed with the real helm, the operator run as a local process under the chart's
+//! ServiceAccount, each test in a fresh namespace, and waits that explain themselves on timeout.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo};
+use kube::{Client, Config};
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+/// Paths the test command hands to the tests.
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    pub helm: PathBuf,
+    pub kubectl: PathBuf,
+    pub operator: PathBuf,
+    pub root: PathBuf,
+}
+
+fn required(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(value) => PathBuf::from(value),
+        None => panic!(
+            "{var} is not set: run the end-to-end tests through scripts/test (or e2e/bin/test), which \
+             brings the control plane up and sets E2E_KUBECONFIG, E2E_HELM, E2E_KUBECTL and E2E_OPERATOR_BIN"
+        ),
+    }
+}
+
+impl Env {
+    pub fn from_env() -> Self {
+        Self {
+            kubeconfig: required("E2E_KUBECONFIG"),
+            helm: required("E2E_HELM"),
+            kubectl: required("E2E_KUBECTL"),
+            operator: required("E2E_OPERATOR_BIN"),
+            root: Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        }
+    }
+
+    pub fn chart(&self) -> PathBuf {
+        self.root.join("charts/swarm-operator")
+    }
+
+    pub async fn admin_client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("admin kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("client config from the admin kubeconfig");
+        Client::try_from(config).expect("admin client")
+    }
+
+    /// Runs a command with the cluster's kubeconfig; panics with its output if it fails.
+    pub fn run(&self, program: &Path, args: &[&str]) -> String {
+        let output = self.try_run(program, args);
+        assert!(
+            output.status.success(),
+            "{} {} failed:\n{}{}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn try_run(&self, program: &Path, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(&self.root)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+    }
+
+    pub fn helm(&self, args: &[&str]) -> String {
+        self.run(&self.helm, args)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.run(&self.kubectl, args)
+    }
+}
+
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// The CRDs and cluster-wide objects, installed once per test binary by a cluster-scope release
+/// that runs no operator replica.
+pub async fn ensure_crds(env: &Env) {
+    CRDS.get_or_init(|| async {
+        env.helm(&[
+            "upgrade",
+            "--install",
+            "rl-swarm-crds",
+            &env.chart().to_string_lossy(),
+            "--namespace",
+            "rl-swarm-system",
+            "--create-namespace",
+            "--set",
+            "replicaCount=0",
+            "--wait",
+        ]);
+    })
+    .await;
+}
+
+/// A namespace of one test, deleted (with everything in it) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    pub async fn create(env: &Env, client: &Client, test: &str) -> Self {
+        let suffix = jiff::Timestamp::now().as_millisecond() % 1_000_000;
+        let name = format!("e2e-{test}-{suffix}");
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"rlswarm.dev/e2e": "true"}}
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        Self {
+            name,
+            kubectl: env.kubectl.clone(),
+            kubeconfig: env.kubeconfig.clone(),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.kubectl)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// What a namespace-scope release of the chart gives the operator.
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+/// Installs the chart in namespace scope into `namespace` with no in-cluster replica: the operator
+/// runs as a local process under the release's ServiceAccount instead.
+pub fn install_release(env: &Env, namespace: &str, extra: &[&str]) -> Release {
+    let name = "swarm-operator".to_owned();
+    let mut args = vec![
+        "install",
+        &name,
+        "charts/swarm-operator",
+        "--namespace",
+        namespace,
+        "--set",
+        "scope=namespace",
+        "--set",
+        "crds.install=false",
+        "--set",
+        "replicaCount=0",
+        "--wait",
+    ];
+    args.extend_from_slice(extra);
+    env.helm(&args);
+    Release {
+        service_account: name.clone(),
+        name,
+        namespace: namespace.to_owned(),
+    }
+}
+
+/// A kubeconfig that authenticates as the release's ServiceAccount with a token from the
+/// TokenRequest API, so that the chart's RBAC is exactly what the operator gets.
+pub async fn service_account_kubeconfig(
+    env: &Env,
+    client: &Client,
+    release: &Release,
+    dir: &Path,
+) -> PathBuf {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), &release.namespace)
+        .create_token_request(&release.service_account, &PostParams::default(), &request)
+        .await
+        .expect("token for the release's ServiceAccount")
+        .status
+        .and_then(|s| s.token)
+        .expect("the TokenRequest returns a token");
+
+    let mut kubeconfig = Kubeconfig::read_from(&env.kubeconfig).expect("admin kubeconfig");
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        release.namespace, release.service_account
+    );
+    kubeconfig.auth_infos = vec![NamedAuthInfo {
+        name: user.clone(),
+        auth_info: Some(AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    for context in kubeconfig.contexts.iter_mut() {
+        if let Some(context) = context.context.as_mut() {
+            context.user = Some(user.clone());
+            context.namespace = Some(release.namespace.clone());
+        }
+    }
+    let path = dir.join(format!("{}.kubeconfig", release.namespace));
+    let text = serde_yaml_ng::to_string(&kubeconfig).expect("kubeconfig yaml");
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+/// The operator binary running as a local process; killed when dropped.
+pub struct OperatorProcess {
+    child: Child,
+    pub admin_port: u16,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+pub struct OperatorOptions<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub kubeconfig: &'a Path,
+    pub leader_election: Option<&'a str>,
+    pub log_dir: &'a Path,
+}
+
+impl OperatorProcess {
+    pub fn start(env: &Env, options: OperatorOptions<'_>) -> Self {
+        let admin_port = free_port();
+        let log = options.log_dir.join(format!("{}.log", options.name));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let mut command = Command::new(&env.operator);
+        command
+            .arg(format!("--watch-namespace={}", options.namespace))
+            .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
+            .arg("--node-image=rl-swarm-operator/swarm-node:e2e")
+            .env("KUBECONFIG", options.kubeconfig)
+            .env("POD_NAME", options.name)
+            .env("POD_NAMESPACE", options.namespace)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file);
+        if let Some(lease) = options.leader_election {
+            command
+                .arg("--leader-elect")
+                .arg(format!("--lease-name={lease}"));
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env.operator.display()));
+        Self {
+            child,
+            admin_port,
+            log,
+            name: options.name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the process so far, in KiB (Linux `VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Kills the process at once, as a node failure would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process's `/metrics`, or None while it does not serve yet.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.admin_port, "/metrics").await
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.starts_with("HTTP/1.1 200").then_some(response)
+}
+
+/// Polls `check` until it yields a value; on timeout, panics with `what`, the last observation and
+/// what the namespace looked like (objects, events, operator logs), so a red run explains itself.
+pub async fn wait_for<T, O, F, Fut>(
+    env: &Env,
+    namespace: &str,
+    operators: &[&OperatorProcess],
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> T
+where
+    O: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, O>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(observed) => observed,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\nlast observed: {last:?}\n{}",
+                diagnostics(env, namespace, operators)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn diagnostics(env: &Env, namespace: &str, operators: &[&OperatorProcess]) -> String {
+    let get = |args: &[&str]| {
+        let output = env.try_run(&env.kubectl, args);
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let mut out = String::new();
+    out += &get(&[
+        "-n",
+        namespace,
+        "get",
+        "swarms,swarmmembers,pods,secrets,services,configmaps",
+        "-o",
+        "wide",
+    ]);
+    out += &get(&["-n", namespace, "get", "swarms,swarmmembers", "-o", "yaml"]);
+    out += &get(&["-n", namespace, "get", "events", "--sort-by=.lastTimestamp"]);
+    for operator in operators {
+        out += &format!(
+            "--- operator {} log (last lines) ---\n{}\n",
+            operator.name,
+            operator.log_tail()
+        );
+    }
+    out
+}
+
+/// Reads a Kubernetes list through kubectl as typed objects (handy for resources in any namespace).
+pub fn kubectl_list<K: DeserializeOwned>(env: &Env, args: &[&str]) -> Vec<K> {
+    #[derive(serde::Deserialize)]
+    struct List<K> {
+        items: Vec<K>,
+    }
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let text = env.kubectl(&all);
+    serde_json::from_str::<List<K>>(&text)
+        .unwrap_or_else(|e| panic!("kubectl {}: {e}", all.join(" ")))
+        .items
+}
