@@ -6,15 +6,14 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use tracing::info;
 
-use super::{Context, apply};
+use super::{Context, apply, apply_status};
 use crate::api::{
     FIELD_MANAGER, MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions, labels,
 };
@@ -67,7 +66,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 ..member.status.clone().unwrap_or_default()
             };
             if member.status.as_ref() != Some(&status) {
-                write_status(&ctx, &member, &status).await?;
+                apply_status(&member, &status, ctx.client.clone()).await?;
             }
             return Err(error);
         }
@@ -190,31 +189,9 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         now,
     )];
     if status != prior {
-        write_status(&ctx, &member, &status).await?;
+        apply_status(&member, &status, ctx.client.clone()).await?;
     }
     Ok(Action::requeue(requeue))
-}
-
-async fn write_status(
-    ctx: &Context,
-    member: &SwarmMember,
-    status: &SwarmMemberStatus,
-) -> Result<()> {
-    let namespace = member.namespace().unwrap_or_default();
-    let name = member.name_any();
-    Api::<SwarmMember>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": SwarmMember::api_version(&()),
-                "kind": SwarmMember::kind(&()),
-                "status": status,
-            })),
-        )
-        .await
-        .context(|| format!("write status of member {namespace}/{name}"))?;
-    Ok(())
 }
 
 /// The member's key: read from its Secret, or generated once and stored in a new immutable Secret.

@@ -114,6 +114,31 @@ where
     .context(|| format!("apply {} {name}", K::kind(&())))
 }
 
+/// Writes `status` of the object with server-side apply on the status subresource.
+pub async fn apply_status<K>(object: &K, status: &impl Serialize, client: Client) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let namespace = object.namespace().unwrap_or_default();
+    let name = object.name_any();
+    Api::<K>::namespaced(client, &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": K::api_version(&()),
+                "kind": K::kind(&()),
+                "status": status,
+            })),
+        )
+        .await
+        .context(|| format!("write status of {} {namespace}/{name}", K::kind(&())))?;
+    Ok(())
+}
+
 fn object_key<K: Resource>(object: &K) -> String {
     format!(
         "{}/{}",

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
-use super::{Context, apply};
-use crate::api::{FIELD_MANAGER, Swarm, SwarmMember, labels};
+use super::{Context, apply, apply_status};
+use crate::api::{Swarm, SwarmMember, labels};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
 };
@@ -113,18 +112,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         Timestamp::now(),
     );
     if swarm.status.as_ref() != Some(&status) {
-        Api::<Swarm>::namespaced(client, &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": Swarm::api_version(&()),
-                    "kind": Swarm::kind(&()),
-                    "status": status,
-                })),
-            )
-            .await
-            .context(|| format!("write status of {namespace}/{name}"))?;
+        apply_status(&swarm, &status, client).await?;
     }
 
     if !created.is_empty() {
