@@ -4,3 +4,5 @@ cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/rl-swarm-operator"
 rustc_key="rustc-$(rustc --version | cut -d" " -f2)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache_root/target-$rustc_key}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# libtorch for tch (swarm-model), from the PyPI torch wheel, installed once outside the clone.
+eval "$("$(dirname "${BASH_SOURCE[0]}")/install-libtorch" --env)"

@@ -957,6 +957,79 @@ async fn pod_of_a_previous_incarnation_is_waited_for_not_adopted() {
 }
 
 #[tokio::test]
+async fn own_pod_deleted_by_hand_counts_as_a_restart_once_gone() {
+    let swarm = swarm_object(1);
+    let key = MemberKey::from_hex(KEY).unwrap();
+    let running = member_status(MemberPhase::Running, Some(key.peer_id_string()), None);
+    let member = member_object(
+        &swarm,
+        0,
+        Some(SwarmMemberStatus {
+            pod: Some("demo-0".into()),
+            ..running
+        }),
+    );
+    let secret = identity_secret("demo-0", &key);
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    let (swarm_answer, member_expected, secret_answer) =
+        (swarm.clone(), member.clone(), secret.clone());
+    let written = Captured::default();
+    let seen = written.clone();
+    run(
+        server,
+        |mut server| async move {
+            server.get(SWARM).await.ok_with(&swarm_answer);
+            server
+                .get(&format!("{SECRETS}/demo-0-identity"))
+                .await
+                .ok_with(&secret_answer);
+            // Someone deleted our pod; it is still terminating.
+            let mut terminating = pod_object("demo-0", &member_uid(0), "Running", true);
+            terminating["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            server.get(&format!("{PODS}/demo-0")).await.ok(&terminating);
+            let status = expect_member_status(&mut server, &member_expected).await;
+            assert_eq!(status["pod"], "demo-0", "the pod is still ours: {status:#}");
+            assert_eq!(status["restarts"], 0);
+            seen.set(status);
+            server
+        },
+        member::reconcile(ctx.clone(), member.clone()),
+    )
+    .await
+    .unwrap();
+
+    // Once it is gone, its disappearance is a failure: counted, and the replacement backs off.
+    let member = member_object(
+        &swarm,
+        0,
+        Some(serde_json::from_value(written.get()).unwrap()),
+    );
+    let member_expected = member.clone();
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    let action = run(
+        server,
+        |mut server| async move {
+            server.get(SWARM).await.ok_with(&swarm);
+            server
+                .get(&format!("{SECRETS}/demo-0-identity"))
+                .await
+                .ok_with(&secret);
+            server.get(&format!("{PODS}/demo-0")).await.not_found();
+            let status = expect_member_status(&mut server, &member_expected).await;
+            assert_eq!(status["restarts"], 1);
+            assert_eq!(status["failureStreak"], 1);
+            assert_eq!(status["phase"], "Failed");
+            server
+        },
+        member::reconcile(ctx.clone(), member),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
 async fn running_member_settles_and_then_writes_nothing() {
     let swarm = swarm_object(1);
     let key = MemberKey::from_hex(KEY).unwrap();

@@ -101,9 +101,13 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
             // An earlier pod under this name is still going away; a new one cannot be created yet.
             // What that pod shows is not this member's state: a previous incarnation's pod may still
             // run and be ready, and must neither make this member Running nor end its failure streak.
+            // Our own pod deleted by someone else keeps `status.pod`, so that its disappearance counts
+            // as a failure; one we deleted ourselves was already cleared and counted.
+            if !owned_by(&pod, &member) {
+                status.pod = None;
+            }
             status.phase = Some(MemberPhase::Pending);
             status.node = None;
-            status.pod = None;
             status.message = Some("waiting for the previous pod to be removed".into());
             requeue = WAIT_FOR_REMOVAL;
         }

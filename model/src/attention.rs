@@ -1,0 +1,86 @@
+//! Grouped-query self-attention as in Qwen2: biased q/k/v projections, unbiased output
+//! projection, rotary embeddings on queries and keys, `num_key_value_heads` shared by groups of
+//! query heads.
+
+use tch::{Tensor, nn};
+
+use crate::config::Qwen2Config;
+use crate::layers::Linear;
+use crate::rope::RopeTables;
+use crate::{KvCache, ModelError};
+
+#[derive(Debug)]
+pub(crate) struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    pub(crate) fn new(path: nn::Path, config: &Qwen2Config) -> Result<Self, ModelError> {
+        let hidden = config.hidden_size;
+        let q_dim = config.num_attention_heads * config.head_dim;
+        let kv_dim = config.num_key_value_heads * config.head_dim;
+        Ok(Self {
+            q_proj: Linear::new(&path / "q_proj", hidden, q_dim, true)?,
+            k_proj: Linear::new(&path / "k_proj", hidden, kv_dim, true)?,
+            v_proj: Linear::new(&path / "v_proj", hidden, kv_dim, true)?,
+            o_proj: Linear::new(&path / "o_proj", q_dim, hidden, false)?,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        })
+    }
+
+    /// `x`: `[batch, seq, hidden]`; `mask`: boolean `[batch, 1, seq, keys]`, true where a query may
+    /// attend a key, with `keys` = cached + new positions. With a cache, this layer's keys and
+    /// values for the new positions are stored in it as slot `layer`.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor, ModelError> {
+        let (batch, seq, _) = x.size3()?;
+        let heads = |t: Tensor, n: i64| -> Result<Tensor, ModelError> {
+            Ok(t.f_reshape([batch, seq, n, self.head_dim])?
+                .f_transpose(1, 2)?)
+        };
+        let q = rope.apply(&heads(self.q_proj.forward(x)?, self.num_heads)?)?;
+        let k = rope.apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.store(layer, &k, &v)?,
+            None => (k, v),
+        };
+        // Each key/value head serves `group` consecutive query heads (transformers' repeat_kv).
+        let group = self.num_heads / self.num_kv_heads;
+        let (k, v) = if group > 1 {
+            (
+                k.f_repeat_interleave_self_int(group, 1, None)?,
+                v.f_repeat_interleave_self_int(group, 1, None)?,
+            )
+        } else {
+            (k, v)
+        };
+        let out = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask),
+            0.0,
+            false,
+            None,
+            false,
+        )?;
+        let out = out
+            .f_transpose(1, 2)?
+            .f_reshape([batch, seq, self.num_heads * self.head_dim])?;
+        self.o_proj.forward(&out)
+    }
+}

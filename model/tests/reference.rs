@@ -1,0 +1,262 @@
+//! swarm-model against transformers: the fixtures under `fixtures/` hold tiny random Qwen2 models
+//! and the logits transformers computed for them (see `fixtures/make_tiny_qwen2.py`).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use swarm_model::{
+    ChatMessage, ChatTokenizer, KvCache, ModelError, Precision, Qwen2, Qwen2Config, Role,
+};
+use tch::{Device, Kind, Tensor};
+
+/// The acceptance bound for f32 logits.
+const TOLERANCE: f64 = 1e-4;
+
+const UNTIED: &str = "tiny-qwen2";
+const TIED_SHARDED: &str = "tiny-qwen2-tied-sharded";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixture(name).join("reference.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn load(name: &str) -> Qwen2 {
+    Qwen2::load(&fixture(name), Device::Cpu, Precision::F32).unwrap()
+}
+
+/// Largest absolute difference over the positions where `mask` ([batch, seq]) is set; logits at
+/// padding positions are unspecified.
+fn max_diff(actual: &Tensor, expected: &Tensor, mask: &Tensor) -> f64 {
+    assert_eq!(actual.size(), expected.size());
+    let diff = (actual.to_kind(Kind::Float) - expected).abs();
+    let keep = mask.ne(0);
+    let keep = if diff.dim() == 3 {
+        keep.unsqueeze(-1)
+    } else {
+        keep
+    };
+    diff.where_self(&keep, &diff.zeros_like())
+        .max()
+        .double_value(&[])
+}
+
+fn check_against_transformers(name: &str) {
+    let model = load(name);
+    let r = reference(name);
+    tch::no_grad(|| {
+        let ids = &r["single.input_ids"];
+        let logits = model.forward(ids, None, None).unwrap();
+        let d = max_diff(&logits, &r["single.logits"], &ids.ones_like());
+        eprintln!("{name}: single sequence, max |logits - transformers| = {d:.2e}");
+        assert!(d <= TOLERANCE, "{name} single: {d}");
+
+        let (ids, mask) = (&r["padded.input_ids"], &r["padded.attention_mask"]);
+        let logits = model.forward(ids, Some(mask), None).unwrap();
+        let d = max_diff(&logits, &r["padded.logits"], mask);
+        eprintln!("{name}: padded batch, max |logits - transformers| = {d:.2e}");
+        assert!(d <= TOLERANCE, "{name} padded: {d}");
+
+        let logprobs = model.token_logprobs(ids, Some(mask)).unwrap();
+        let d = max_diff(&logprobs, &r["padded.logprobs"], &logprobs.ones_like());
+        eprintln!("{name}: padded batch, max |logprobs - transformers| = {d:.2e}");
+        assert!(d <= TOLERANCE, "{name} logprobs: {d}");
+    });
+}
+
+#[test]
+fn untied_single_file_model_matches_transformers() {
+    check_against_transformers(UNTIED);
+}
+
+#[test]
+fn tied_sharded_model_matches_transformers() {
+    check_against_transformers(TIED_SHARDED);
+}
+
+/// Sampling feeds the prompt once and then one token per step through the cache; that must give
+/// the logits of the full forward pass, padded rows included.
+#[test]
+fn kv_cache_decoding_matches_full_forward() {
+    for name in [UNTIED, TIED_SHARDED] {
+        let model = load(name);
+        let r = reference(name);
+        let (ids, mask) = (&r["padded.input_ids"], &r["padded.attention_mask"]);
+        let (batch, seq) = ids.size2().unwrap();
+        let prompt = 4;
+        let mut cache = KvCache::new(&model, batch, seq).unwrap();
+        let mut steps = Vec::new();
+        tch::no_grad(|| {
+            steps.push(
+                model
+                    .forward(
+                        &ids.narrow(1, 0, prompt),
+                        Some(&mask.narrow(1, 0, prompt)),
+                        Some(&mut cache),
+                    )
+                    .unwrap(),
+            );
+            for t in prompt..seq {
+                let step_mask = mask.narrow(1, 0, t + 1);
+                steps.push(
+                    model
+                        .forward(&ids.narrow(1, t, 1), Some(&step_mask), Some(&mut cache))
+                        .unwrap(),
+                );
+            }
+        });
+        assert_eq!(cache.len(), seq);
+        let logits = Tensor::cat(&steps, 1);
+        let d = max_diff(&logits, &r["padded.logits"], mask);
+        eprintln!("{name}: KV-cache decoding, max |logits - transformers| = {d:.2e}");
+        assert!(d <= TOLERANCE, "{name} cached: {d}");
+
+        let full = tch::no_grad(|| {
+            model.forward(
+                &ids.narrow(1, 0, 1),
+                Some(&mask.narrow(1, 0, 1)),
+                Some(&mut cache),
+            )
+        });
+        assert!(matches!(full, Err(ModelError::Input(_))), "{full:?}");
+    }
+}
+
+/// bf16 weights and activations (the GPU precision) stay close to the f32 reference; run on CPU
+/// here, so only the numerics are checked, not CUDA.
+#[test]
+fn bf16_logits_stay_close() {
+    let model = Qwen2::load(&fixture(UNTIED), Device::Cpu, Precision::Bf16).unwrap();
+    let r = reference(UNTIED);
+    let (ids, mask) = (&r["padded.input_ids"], &r["padded.attention_mask"]);
+    let logits = tch::no_grad(|| model.forward(ids, Some(mask), None)).unwrap();
+    assert_eq!(logits.kind(), Kind::BFloat16);
+    let expected = &r["padded.logits"];
+    let scale = expected.abs().max().double_value(&[]);
+    let d = max_diff(&logits, expected, mask);
+    eprintln!("bf16: max |logits - transformers f32| = {d:.3} (largest logit {scale:.1})");
+    assert!(d <= 0.05 * scale, "bf16: {d} vs scale {scale}");
+}
+
+/// GRPO differentiates the log-probabilities: every parameter must get a gradient.
+#[test]
+fn token_logprobs_backpropagate_to_every_parameter() {
+    let model = load(TIED_SHARDED);
+    let r = reference(TIED_SHARDED);
+    let logprobs = model
+        .token_logprobs(&r["padded.input_ids"], Some(&r["padded.attention_mask"]))
+        .unwrap();
+    logprobs.sum(Kind::Float).backward();
+    let variables = model.var_store().variables();
+    assert_eq!(
+        variables.len(),
+        model.var_store().trainable_variables().len()
+    );
+    for (name, variable) in variables {
+        let grad = variable.grad();
+        assert!(grad.defined(), "{name} has no gradient");
+        assert!(
+            grad.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "{name} has a zero gradient"
+        );
+    }
+}
+
+#[test]
+fn chat_template_and_tokenizer_match_transformers() {
+    #[derive(serde::Deserialize)]
+    struct Chat {
+        messages: Vec<ChatMessage>,
+        add_generation_prompt: bool,
+        text: String,
+        input_ids: Vec<i64>,
+        decoded_without_special: String,
+    }
+    let dir = fixture(UNTIED);
+    let chats: Vec<Chat> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("chat.json")).unwrap()).unwrap();
+    let tokenizer = ChatTokenizer::from_dir(&dir).unwrap();
+    assert_eq!(chats.len(), 3);
+    for chat in chats {
+        let text = tokenizer.apply_chat_template(&chat.messages, chat.add_generation_prompt);
+        assert_eq!(text, chat.text);
+        let ids = tokenizer
+            .encode_chat(&chat.messages, chat.add_generation_prompt)
+            .unwrap();
+        assert_eq!(ids, chat.input_ids, "{text:?}");
+        assert_eq!(
+            tokenizer.decode(&ids, true).unwrap(),
+            chat.decoded_without_special
+        );
+    }
+    let question = [ChatMessage::new(Role::User, "2 + 2?")];
+    let without_system = tokenizer.with_default_system(None);
+    assert_eq!(
+        without_system.apply_chat_template(&question, true),
+        "<|im_start|>user\n2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let config = Qwen2Config::from_dir(&dir).unwrap();
+    assert_eq!(
+        without_system.token_id("<|im_end|>").map(|id| vec![id]),
+        Some(config.eos_token_ids)
+    );
+}
+
+#[test]
+fn load_errors_name_the_problem() {
+    let untied = fixture(UNTIED);
+    let config = Qwen2Config::from_dir(&untied).unwrap();
+    let attempt = |config: Qwen2Config, dir: &Path| {
+        Qwen2::new(config, Device::Cpu, Precision::F32)
+            .unwrap()
+            .load_weights(dir)
+            .unwrap_err()
+    };
+
+    let tied_dir = fixture(TIED_SHARDED);
+    let untied_shape = Qwen2Config {
+        tie_word_embeddings: false,
+        ..Qwen2Config::from_dir(&tied_dir).unwrap()
+    };
+    match attempt(untied_shape, &tied_dir) {
+        ModelError::MissingTensor(name) => assert_eq!(name, "lm_head.weight"),
+        other => panic!("{other:?}"),
+    }
+
+    let wider_vocab = Qwen2Config {
+        vocab_size: config.vocab_size + 1,
+        ..config.clone()
+    };
+    match attempt(wider_vocab, &untied) {
+        ModelError::ShapeMismatch {
+            found, expected, ..
+        } => {
+            assert_eq!(found[0] + 1, expected[0]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let one_layer = Qwen2Config {
+        num_hidden_layers: 1,
+        ..config.clone()
+    };
+    match attempt(one_layer, &untied) {
+        ModelError::UnexpectedTensor { name, .. } => {
+            assert!(name.starts_with("model.layers.1."), "{name}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    match attempt(config, &fixture("")) {
+        ModelError::NoWeights(dir) => assert_eq!(dir, fixture("")),
+        other => panic!("{other:?}"),
+    }
+}
