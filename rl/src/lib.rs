@@ -1,0 +1,15 @@
+//! What a swarm member computes each round without the network: sample completions for verifiable
+//! questions in one batch, score them, and improve the policy with GRPO; checkpoint the result.
+
+mod checkpoint;
+mod grpo;
+mod sampling;
+
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointProblem, LatestCheckpoint, SkippedCheckpoint,
+};
+pub use grpo::{
+    ADVANTAGE_EPS, AdamW, AdamWConfig, GrpoBatch, GrpoConfig, GrpoError, GrpoLoss, GrpoTrainer,
+    LossSums, StepStats, advantages, group_has_signal,
+};
+pub use sampling::{Completion, FinishReason, Sampler, SamplingConfig, SamplingError};
