@@ -296,21 +296,17 @@ mod tests {
                     verify(&q, &format!("so <answer> {} </answer>", q.answer)),
                     1.0
                 );
-                for wrong in [
-                    (truth + 1).to_string(),
-                    (truth - 1).to_string(),
-                    format!("{}1", q.answer),
-                    format!("{}.0", q.answer),
-                    format!("0{}", q.answer),
-                    String::new(),
-                ] {
-                    assert_eq!(
-                        verify(&q, &format!("<answer>{wrong}</answer>")),
-                        0.0,
-                        "{wrong} for {q:?}"
-                    );
-                }
-                assert_eq!(verify(&q, &q.answer), 0.0, "no tag");
+                crate::families::assert_rejected(
+                    &q,
+                    [
+                        (truth + 1).to_string(),
+                        (truth - 1).to_string(),
+                        format!("{}1", q.answer),
+                        format!("{}.0", q.answer),
+                        format!("0{}", q.answer),
+                        String::new(),
+                    ],
+                );
             }
         }
     }

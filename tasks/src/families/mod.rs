@@ -95,3 +95,21 @@ fn pick<'a, T, R: Rng + ?Sized>(rng: &mut R, items: &'a [T]) -> &'a T {
 fn coin<R: Rng + ?Sized>(rng: &mut R) -> bool {
     uniform(rng, 0, 1) == 1
 }
+
+/// Test helper: each `wrong` answer inside an answer tag, and the bare ground truth without one,
+/// score 0 for `question`.
+#[cfg(test)]
+pub(crate) fn assert_rejected<S: AsRef<str>>(
+    question: &crate::Question,
+    wrong: impl IntoIterator<Item = S>,
+) {
+    for wrong in wrong {
+        let wrong = wrong.as_ref();
+        assert_eq!(
+            crate::verify(question, &format!("<answer>{wrong}</answer>")),
+            0.0,
+            "{wrong} for {question:?}"
+        );
+    }
+    assert_eq!(crate::verify(question, &question.answer), 0.0, "no tag");
+}
