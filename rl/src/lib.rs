@@ -3,7 +3,9 @@
 
 mod checkpoint;
 mod grpo;
+mod round;
 mod sampling;
+pub mod warmup;
 
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointProblem, LatestCheckpoint, SkippedCheckpoint,
@@ -11,5 +13,9 @@ pub use checkpoint::{
 pub use grpo::{
     ADVANTAGE_EPS, AdamW, AdamWConfig, GrpoBatch, GrpoConfig, GrpoError, GrpoLoss, GrpoTrainer,
     LossSums, StepStats, advantages, group_has_signal,
+};
+pub use round::{
+    Group, RewardStats, Rollout, RoundConfig, RoundError, RoundStats, SourceStats, TrainOutcome,
+    evaluate, prompt_ids, run_round, sample_groups, train_on_groups,
 };
 pub use sampling::{Completion, FinishReason, Sampler, SamplingConfig, SamplingError};
