@@ -154,8 +154,36 @@ impl Qwen2 {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
+        self.forward_keep(input_ids, attention_mask, cache, 0)
+    }
+
+    /// [`Self::forward`], with the LM head applied only to the last `logits_to_keep` positions
+    /// (transformers' `logits_to_keep`): logits `[batch, logits_to_keep, vocab]`, the same values
+    /// as the last columns of [`Self::forward`]'s. 0 keeps every position. The cache is filled
+    /// for every position either way.
+    ///
+    /// For sampling, keep 1 after a left-padded prompt: the last column is every row's last real
+    /// token.
+    pub fn forward_keep(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        logits_to_keep: i64,
+    ) -> Result<Tensor, ModelError> {
+        let seq = input_ids.size().last().copied().unwrap_or(0);
+        if !(0..=seq).contains(&logits_to_keep) {
+            return Err(ModelError::Input(format!(
+                "logits_to_keep must be in 0..={seq}, got {logits_to_keep}"
+            )));
+        }
+        let (start, len) = if logits_to_keep == 0 {
+            (0, seq)
+        } else {
+            (seq - logits_to_keep, logits_to_keep)
+        };
         tch::autocast(self.precision.autocast(), || {
-            self.forward_inner(input_ids, attention_mask, cache)
+            self.forward_inner(input_ids, attention_mask, cache, start, len)
         })
     }
 
@@ -164,6 +192,8 @@ impl Qwen2 {
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        keep_start: i64,
+        keep_len: i64,
     ) -> Result<Tensor, ModelError> {
         let (batch, seq) = input_ids.size2().map_err(|_| {
             ModelError::Input(format!(
@@ -216,6 +246,12 @@ impl Qwen2 {
         if let Some(cache) = cache {
             cache.advance(seq);
         }
+        // Only the kept positions go through the final norm and the LM head, the widest matmul.
+        let h = if keep_start == 0 && keep_len == seq {
+            h
+        } else {
+            h.f_narrow(1, keep_start, keep_len)?
+        };
         let h = self.norm.forward(&h)?;
         match &self.lm_head {
             Some(head) => head.forward(&h),
@@ -232,34 +268,61 @@ impl Qwen2 {
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
+        self.token_logprobs_from(input_ids, attention_mask, 0)
+    }
+
+    /// [`Self::token_logprobs`] computed only from column `first` on (TRL's `logits_to_keep`,
+    /// counted from the left): the result keeps the full `[batch, seq - 1]` shape, columns
+    /// `first..` equal [`Self::token_logprobs`]'s and columns before `first` are zero (and carry
+    /// no gradient). The LM head and the vocabulary-wide softmax run only on the kept columns,
+    /// which is where a GRPO step spends most of its time on a large vocabulary.
+    /// `first` must be in `0..seq - 1`.
+    pub fn token_logprobs_from(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        first: i64,
+    ) -> Result<Tensor, ModelError> {
         let seq = input_ids.size().last().copied().unwrap_or(0);
         if seq < 2 {
             return Err(ModelError::Input(format!(
                 "token_logprobs needs at least 2 tokens per sequence, got {seq}"
             )));
         }
-        let logits = self
-            .forward(input_ids, attention_mask, None)?
-            .f_narrow(1, 0, seq - 1)?
-            .f_to_kind(Kind::Float)?;
-        let targets = input_ids.f_narrow(1, 1, seq - 1)?;
+        if !(0..seq - 1).contains(&first) {
+            return Err(ModelError::Input(format!(
+                "the first log-probability column must be in 0..{}, got {first}",
+                seq - 1
+            )));
+        }
+        let kept = seq - 1 - first;
+        // Logits at positions first..seq-1 predict tokens first+1..seq (the last position's
+        // prediction is of no token).
+        let logits = tch::autocast(self.precision.autocast(), || {
+            self.forward_inner(input_ids, attention_mask, None, first, kept)
+        })?
+        .f_to_kind(Kind::Float)?;
+        let targets = input_ids.f_narrow(1, first + 1, kept)?;
         // gather - logsumexp: the same as log_softmax then gather, without materialising a second
-        // [batch, seq, vocab] tensor.
+        // [batch, kept, vocab] tensor.
         let picked = logits
             .f_gather(-1, &targets.f_unsqueeze(-1)?, false)?
             .f_squeeze_dim(-1)?;
         let logprobs = picked.f_sub(&logits.f_logsumexp([-1], false)?)?;
-        match attention_mask {
+        let logprobs = match attention_mask {
             Some(mask) => {
                 let real = mask.f_ne(0)?.f_to_device(logprobs.device())?;
-                let keep = real.f_narrow(1, 1, seq - 1)?.f_logical_and(&real.f_narrow(
-                    1,
-                    0,
-                    seq - 1,
-                )?)?;
-                Ok(logprobs.f_where_self(&keep, &logprobs.f_zeros_like()?)?)
+                let keep = real
+                    .f_narrow(1, first + 1, kept)?
+                    .f_logical_and(&real.f_narrow(1, first, kept)?)?;
+                logprobs.f_where_self(&keep, &logprobs.f_zeros_like()?)?
             }
-            None => Ok(logprobs),
+            None => logprobs,
+        };
+        if first == 0 {
+            Ok(logprobs)
+        } else {
+            Ok(logprobs.f_constant_pad_nd([first, 0])?)
         }
     }
 }

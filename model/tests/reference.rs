@@ -146,6 +146,44 @@ fn bf16_logits_stay_close() {
     assert!(d <= 0.05 * scale, "bf16: {d} vs scale {scale}");
 }
 
+/// Keeping only the last logits, or the log-probabilities from a column on, gives the same values
+/// as the full computation there (and zeros before the first kept log-probability column).
+#[test]
+fn kept_logits_and_logprobs_match_the_full_ones() {
+    for name in [UNTIED, TIED_SHARDED] {
+        let model = load(name);
+        let r = reference(name);
+        let (ids, mask) = (&r["padded.input_ids"], &r["padded.attention_mask"]);
+        let seq = ids.size()[1];
+        tch::no_grad(|| {
+            let full = model.forward(ids, Some(mask), None).unwrap();
+            for keep in [1, 3] {
+                let kept = model.forward_keep(ids, Some(mask), None, keep).unwrap();
+                let expected = full.narrow(1, seq - keep, keep);
+                assert_eq!(kept.size(), expected.size());
+                let d = (kept - expected).abs().max().double_value(&[]);
+                assert!(d <= 1e-5, "{name} keep {keep}: {d}");
+            }
+            assert!(model.forward_keep(ids, Some(mask), None, seq + 1).is_err());
+
+            let all = model.token_logprobs(ids, Some(mask)).unwrap();
+            for first in [0, 2, seq - 2] {
+                let part = model.token_logprobs_from(ids, Some(mask), first).unwrap();
+                assert_eq!(part.size(), all.size());
+                let head = part.narrow(1, 0, first).abs().sum(Kind::Float);
+                assert_eq!(head.double_value(&[]), 0.0, "{name} first {first}");
+                let tail = seq - 1 - first;
+                let d = (part.narrow(1, first, tail) - all.narrow(1, first, tail))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(d <= 1e-5, "{name} first {first}: {d}");
+            }
+            assert!(model.token_logprobs_from(ids, Some(mask), seq - 1).is_err());
+        });
+    }
+}
+
 /// GRPO differentiates the log-probabilities: every parameter must get a gradient.
 #[test]
 fn token_logprobs_backpropagate_to_every_parameter() {

@@ -201,7 +201,9 @@ impl GrpoLoss {
 /// One round's training data, laid out as sampled: each row a prompt followed by its completion.
 ///
 /// Log-probability tensors are `[B, T - 1]` and aligned with [`Qwen2::token_logprobs`]: entry `t`
-/// is the log-probability of token `t + 1`.
+/// is the log-probability of token `t + 1`. Only the entries under the completion mask are read:
+/// the trainer computes the policy's and reference's log-probabilities from the first trained
+/// column on ([`Qwen2::token_logprobs_from`]) and leaves zeros before it.
 #[derive(Debug)]
 pub struct GrpoBatch {
     /// `[B, T]` int64.
@@ -256,6 +258,19 @@ impl GrpoBatch {
         }
         Ok(())
     }
+}
+
+/// The first column of a `[B, T - 1]` log-probability mask with a trained entry in any row; the
+/// last column when none is trained (a micro-batch without completion tokens still needs one
+/// column for its zero loss).
+fn first_trained_column(mask: &Tensor) -> Result<i64, GrpoError> {
+    let columns = mask.size().last().copied().unwrap_or(0);
+    let any = Vec::<bool>::try_from(mask.f_any_dim(0, false)?.f_to_device(tch::Device::Cpu)?)?;
+    Ok(any
+        .iter()
+        .position(|&a| a)
+        .map_or(columns - 1, |p| p as i64)
+        .max(0))
 }
 
 /// Everything a GRPO step is configured by.
@@ -369,18 +384,22 @@ impl GrpoTrainer {
             let part = |t: &Tensor| t.f_narrow(0, start, len);
             let ids = part(&batch.input_ids)?;
             let attention = part(&batch.attention_mask)?;
+            let part_mask = part(&mask)?;
+            // Columns before the micro-batch's first trained one (prompts, whose lengths differ
+            // per row) are masked out of the loss: their log-probabilities are not computed.
+            let first = first_trained_column(&part_mask)?;
             let reference_logprobs = match (&batch.ref_logprobs, reference) {
                 (Some(r), _) => Some(part(r)?),
                 (None, Some(model)) if loss_fn.kl_beta != 0.0 => Some(tch::no_grad(|| {
-                    model.token_logprobs(&ids, Some(&attention))
+                    model.token_logprobs_from(&ids, Some(&attention), first)
                 })?),
                 _ => None,
             };
-            let logprobs = policy.token_logprobs(&ids, Some(&attention))?;
+            let logprobs = policy.token_logprobs_from(&ids, Some(&attention), first)?;
             let old = batch.old_logprobs.as_ref().map(part).transpose()?;
             let sums = loss_fn.sums(
                 &logprobs,
-                &part(&mask)?,
+                &part_mask,
                 &part(&batch.advantages)?.f_to_device(logprobs.device())?,
                 old.as_ref(),
                 reference_logprobs.as_ref(),

@@ -327,13 +327,16 @@ fn generate(
     buffers.cache.clear();
 
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
+    // Prompts are left-padded, so the last column is every row's last real token: only its
+    // logits are needed, and the LM head runs on that column alone.
     let mut logits = model
-        .forward(
+        .forward_keep(
             &ids,
             Some(&buffers.mask.f_narrow(1, 0, width)?),
             Some(&mut buffers.cache),
+            1,
         )?
-        .f_select(1, -1)?;
+        .f_select(1, 0)?;
     let mut position = width;
     let mut rows = prompts
         .iter()

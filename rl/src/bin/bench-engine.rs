@@ -197,7 +197,8 @@ fn bench_sample(args: &Args, model: &Qwen2) -> Result<serde_json::Value, Error> 
         rates.push(generated as f64 / s);
         tokens = completions.into_iter().map(|c| c.tokens).collect();
     }
-    // Diagnostic: the prefill alone (one forward pass over the prompts into a fresh cache), to
+    // Diagnostic: the prefill alone (one forward pass over the prompts into a fresh cache, the LM
+    // head on the last position only, as the sampler does), to
     // tell prompt processing from the per-token decoding steps.
     let prefill = tch::no_grad(|| -> Result<f64, Error> {
         let flat = prompts.iter().flatten().copied().collect::<Vec<_>>();
@@ -207,7 +208,7 @@ fn bench_sample(args: &Args, model: &Qwen2) -> Result<serde_json::Value, Error> 
             .f_to_device(model.device())?;
         let mut cache = KvCache::new(model, shape[0], shape[1])?;
         let (s, _) = timed(args.device, || {
-            Ok(model.forward(&ids, None, Some(&mut cache))?)
+            Ok(model.forward_keep(&ids, None, Some(&mut cache), 1)?)
         })?;
         Ok(s)
     })?;

@@ -148,26 +148,32 @@ impl AdamW {
                     continue;
                 }
                 p.step += 1;
-                // The order of operations is torch's `_single_tensor_adamw`.
+                // torch's `_single_tensor_adamw` (foreach=False), in place, with its rounding:
+                // tch's `addcmul_`/`addcdiv_` take no `value`, so the scalar is applied by the
+                // same float multiplication in a scratch tensor, in the kernels' order
+                // (`value * t1 * t2` and `value * (t1 / t2)`). One scratch tensor per parameter.
                 // In-place updates return an alias of their target, which is not needed.
-                let _ = p.var.f_mul_scalar_(1.0 - lr * weight_decay)?;
+                if weight_decay != 0.0 {
+                    let _ = p.var.f_mul_scalar_(1.0 - lr * weight_decay)?;
+                }
                 let _ = p.exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
+                let mut scratch = grad.f_mul_scalar(1.0 - beta2)?;
                 let _ = p
                     .exp_avg_sq
                     .f_mul_scalar_(beta2)?
-                    .f_add_(&grad.f_mul(&grad)?.f_mul_scalar(1.0 - beta2)?)?;
+                    .f_addcmul_(&scratch, &grad)?;
                 let exponent = i32::try_from(p.step).unwrap_or(i32::MAX);
                 let bias_correction1 = 1.0 - beta1.powi(exponent);
                 let bias_correction2 = 1.0 - beta2.powi(exponent);
                 let step_size = lr / bias_correction1;
-                let denom = p
-                    .exp_avg_sq
-                    .f_sqrt()?
-                    .f_div_scalar(bias_correction2.sqrt())?
-                    .f_add_scalar(eps)?;
-                let _ = p
-                    .var
-                    .f_add_(&p.exp_avg.f_div(&denom)?.f_mul_scalar(-step_size)?)?;
+                // denom = sqrt(exp_avg_sq) / sqrt(bias_correction2) + eps, into the scratch.
+                let _ = p.exp_avg_sq.f_sqrt_out(&scratch)?;
+                let _ = scratch.f_div_scalar_(bias_correction2.sqrt())?;
+                let _ = scratch.f_add_scalar_(eps)?;
+                // param += -step_size * (exp_avg / denom)
+                let _ = p.exp_avg.f_div_out(&scratch, &scratch)?;
+                let _ = scratch.f_mul_scalar_(-step_size)?;
+                let _ = p.var.f_add_(&scratch)?;
             }
             Ok(())
         })
