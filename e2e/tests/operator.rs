@@ -62,6 +62,23 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
+    /// How many objects of kind `K` match `selector` in the test namespace.
+    async fn count<K>(&self, selector: &ListParams) -> Result<usize, String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let list = self
+            .api::<K>()
+            .list(selector)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list.items.len())
+    }
+
     fn apply_file(&self, path: &str) {
         self.env
             .kubectl(&["apply", "-n", &self.ns.name, "-f", path]);
@@ -492,55 +509,22 @@ async fn deleting_the_swarm_lets_the_garbage_collector_remove_everything() {
         "every child of the Swarm to be collected",
         SETTLE,
         || async {
-            let count = |n: usize, kind: &str| {
-                if n == 0 {
-                    String::new()
-                } else {
-                    format!("{n} {kind} ")
-                }
-            };
-            let left = count(
-                f.api::<SwarmMember>()
-                    .list(&selector)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len(),
-                "members",
-            ) + &count(
-                f.api::<Pod>()
-                    .list(&selector)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len(),
-                "pods",
-            ) + &count(
-                f.api::<Secret>()
-                    .list(&selector)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len(),
-                "secrets",
-            ) + &count(
-                f.api::<Service>()
-                    .list(&selector)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len(),
-                "services",
-            ) + &count(
-                f.api::<ConfigMap>()
-                    .list(&selector)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items
-                    .len(),
-                "configmaps",
-            );
-            if left.is_empty() { Ok(()) } else { Err(left) }
+            let left: Vec<String> = [
+                ("members", f.count::<SwarmMember>(&selector).await?),
+                ("pods", f.count::<Pod>(&selector).await?),
+                ("secrets", f.count::<Secret>(&selector).await?),
+                ("services", f.count::<Service>(&selector).await?),
+                ("configmaps", f.count::<ConfigMap>(&selector).await?),
+            ]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left.join(", "))
+            }
         },
     )
     .await;
