@@ -37,6 +37,11 @@ struct ParamState {
     name: String,
     /// A shallow clone of the var store's variable: updating it updates the model.
     var: Tensor,
+    /// An f32 copy of a bf16/f16 variable that the update is applied to. A low-precision weight
+    /// cannot absorb updates below its rounding step (about 4e-3 relative in bf16, far above
+    /// lr × step at the swarm's learning rates), so they accumulate here and the variable takes the
+    /// rounded result.
+    master: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     /// Per parameter, as torch counts: a parameter without a gradient in a step is not updated.
@@ -44,8 +49,9 @@ struct ParamState {
 }
 
 /// AdamW over every trainable variable of a var store, numerically the update of
-/// `torch.optim.AdamW` (decoupled decay, bias-corrected moments; no amsgrad). The moments have
-/// the parameters' kind.
+/// `torch.optim.AdamW` (decoupled decay, bias-corrected moments; no amsgrad). f32 parameters are
+/// updated in place with moments of their kind; bf16/f16 parameters through f32 master weights
+/// with f32 moments (mixed-precision training).
 #[derive(Debug)]
 pub struct AdamW {
     config: AdamWConfig,
@@ -56,6 +62,7 @@ pub struct AdamW {
 const EXP_AVG: &str = "exp_avg";
 const EXP_AVG_SQ: &str = "exp_avg_sq";
 const STEP: &str = "step";
+const MASTER: &str = "master";
 
 impl AdamW {
     /// An optimiser over the trainable variables of `vs`, with zero moments.
@@ -70,9 +77,15 @@ impl AdamW {
         let params = variables
             .into_iter()
             .map(|(name, var)| {
+                let master = match var.kind() {
+                    Kind::BFloat16 | Kind::Half => Some(var.f_detach()?.f_to_kind(Kind::Float)?),
+                    _ => None,
+                };
+                let target = master.as_ref().unwrap_or(&var);
                 Ok(ParamState {
-                    exp_avg: var.f_zeros_like()?,
-                    exp_avg_sq: var.f_zeros_like()?,
+                    exp_avg: target.f_zeros_like()?,
+                    exp_avg_sq: target.f_zeros_like()?,
+                    master,
                     name,
                     var,
                     step: 0,
@@ -147,6 +160,12 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
+                let grad = match &p.master {
+                    Some(_) => grad.f_to_kind(Kind::Float)?,
+                    None => grad,
+                };
+                // The tensor the update is applied to: the variable itself, or its master copy.
+                let mut target = p.master.as_ref().unwrap_or(&p.var).shallow_clone();
                 p.step += 1;
                 // torch's `_single_tensor_adamw` (foreach=False), in place, with its rounding:
                 // tch's `addcmul_`/`addcdiv_` take no `value`, so the scalar is applied by the
@@ -154,7 +173,7 @@ impl AdamW {
                 // (`value * t1 * t2` and `value * (t1 / t2)`). One scratch tensor per parameter.
                 // In-place updates return an alias of their target, which is not needed.
                 if weight_decay != 0.0 {
-                    let _ = p.var.f_mul_scalar_(1.0 - lr * weight_decay)?;
+                    let _ = target.f_mul_scalar_(1.0 - lr * weight_decay)?;
                 }
                 let _ = p.exp_avg.f_lerp_(&grad, 1.0 - beta1)?;
                 let mut scratch = grad.f_mul_scalar(1.0 - beta2)?;
@@ -173,14 +192,19 @@ impl AdamW {
                 // param += -step_size * (exp_avg / denom)
                 let _ = p.exp_avg.f_div_out(&scratch, &scratch)?;
                 let _ = scratch.f_mul_scalar_(-step_size)?;
-                let _ = p.var.f_add_(&scratch)?;
+                let _ = target.f_add_(&scratch)?;
+                if let Some(master) = &p.master {
+                    p.var.f_copy_(master)?;
+                }
             }
             Ok(())
         })
     }
 
     /// The optimiser state as named tensors: `<parameter>.exp_avg`, `<parameter>.exp_avg_sq` and
-    /// `<parameter>.step` (int64, one element), as torch's state dict holds them per parameter.
+    /// `<parameter>.step` (int64, one element), as torch's state dict holds them per parameter, plus
+    /// `<parameter>.master` for low-precision parameters (their weights in the model file are
+    /// rounded; resuming needs the exact f32 copy).
     pub fn state(&self) -> Result<Vec<(String, Tensor)>, GrpoError> {
         let mut out = Vec::with_capacity(self.params.len() * 3);
         for p in &self.params {
@@ -193,6 +217,9 @@ impl AdamW {
                 format!("{}.{STEP}", p.name),
                 Tensor::f_from_slice(&[p.step])?,
             ));
+            if let Some(master) = &p.master {
+                out.push((format!("{}.{MASTER}", p.name), master.shallow_clone()));
+            }
         }
         Ok(out)
     }
@@ -212,7 +239,14 @@ impl AdamW {
             let exp_avg = take(format!("{}.{EXP_AVG}", p.name))?;
             let exp_avg_sq = take(format!("{}.{EXP_AVG_SQ}", p.name))?;
             let step = take(format!("{}.{STEP}", p.name))?;
-            for (what, t) in [(EXP_AVG, exp_avg), (EXP_AVG_SQ, exp_avg_sq)] {
+            let master = match p.master {
+                Some(_) => Some(take(format!("{}.{MASTER}", p.name))?),
+                None => None,
+            };
+            let checked = [(EXP_AVG, exp_avg), (EXP_AVG_SQ, exp_avg_sq)]
+                .into_iter()
+                .chain(master.map(|m| (MASTER, m)));
+            for (what, t) in checked {
                 if t.size() != p.var.size() {
                     return Err(GrpoError::OptimizerState(format!(
                         "`{}.{what}` has shape {:?}, the parameter {:?}",
@@ -223,7 +257,7 @@ impl AdamW {
                 }
             }
             let step = step.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?;
-            restored.push((exp_avg, exp_avg_sq, step));
+            restored.push((exp_avg, exp_avg_sq, step, master));
         }
         if let Some(extra) = by_name.keys().next() {
             return Err(GrpoError::OptimizerState(format!(
@@ -231,12 +265,96 @@ impl AdamW {
             )));
         }
         tch::no_grad(|| {
-            for (p, (exp_avg, exp_avg_sq, step)) in self.params.iter_mut().zip(restored) {
+            for (p, (exp_avg, exp_avg_sq, step, master)) in self.params.iter_mut().zip(restored) {
                 p.exp_avg.f_copy_(exp_avg)?;
                 p.exp_avg_sq.f_copy_(exp_avg_sq)?;
                 p.step = step;
+                if let (Some(target), Some(saved)) = (&mut p.master, master) {
+                    target.f_copy_(saved)?;
+                    p.var.f_copy_(target)?;
+                }
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor, nn};
+
+    use super::*;
+
+    const INITIAL: [f32; 4] = [1.0, -0.5, 0.25, 2.0];
+    /// Exactly representable in bf16, so both precisions see the same gradient values.
+    const GRAD: [f32; 4] = [0.5, -0.25, 1.0, 0.125];
+
+    fn store(kind: Kind) -> nn::VarStore {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _ = vs.root().var_copy("w", &Tensor::from_slice(&INITIAL));
+        if kind == Kind::BFloat16 {
+            vs.bfloat16();
+        }
+        vs
+    }
+
+    fn train(vs: &nn::VarStore, adamw: &mut AdamW, steps: usize) {
+        let w = vs.variables()["w"].shallow_clone();
+        for _ in 0..steps {
+            adamw.zero_grad();
+            (w.to_kind(Kind::Float) * Tensor::from_slice(&GRAD))
+                .sum(Kind::Float)
+                .backward();
+            adamw.step().unwrap();
+        }
+    }
+
+    fn config() -> AdamWConfig {
+        AdamWConfig {
+            learning_rate: 1e-4,
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        }
+    }
+
+    #[test]
+    fn bf16_parameters_follow_the_f32_trajectory_through_master_weights() {
+        let full = store(Kind::Float);
+        let mut full_adamw = AdamW::new(&full, config()).unwrap();
+        train(&full, &mut full_adamw, 60);
+        let half = store(Kind::BFloat16);
+        let mut half_adamw = AdamW::new(&half, config()).unwrap();
+        train(&half, &mut half_adamw, 60);
+
+        let expected = full.variables()["w"].to_kind(Kind::BFloat16);
+        let got = half.variables()["w"].shallow_clone();
+        assert_eq!(got.kind(), Kind::BFloat16);
+        assert!(got.equal(&expected), "{got} vs {expected}");
+        // Each update (1e-4) is far below bf16's step at 1.0 (2^-8); without master weights the
+        // weight would never have moved.
+        let initial = Tensor::from_slice(&INITIAL).to_kind(Kind::BFloat16);
+        assert!(!got.equal(&initial), "the updates were lost");
+    }
+
+    #[test]
+    fn master_weights_are_part_of_the_state_and_resume_exactly() {
+        let straight = store(Kind::BFloat16);
+        let mut straight_adamw = AdamW::new(&straight, config()).unwrap();
+        train(&straight, &mut straight_adamw, 40);
+
+        let first = store(Kind::BFloat16);
+        let mut first_adamw = AdamW::new(&first, config()).unwrap();
+        train(&first, &mut first_adamw, 30);
+        let state = first_adamw.state().unwrap();
+        assert!(state.iter().any(|(name, _)| name == "w.master"));
+
+        let resumed = store(Kind::BFloat16);
+        let mut resumed_adamw = AdamW::new(&resumed, config()).unwrap();
+        resumed_adamw.load_state(&state).unwrap();
+        train(&resumed, &mut resumed_adamw, 10);
+        assert!(
+            resumed.variables()["w"].equal(&straight.variables()["w"]),
+            "resumed training differs"
+        );
     }
 }
