@@ -62,6 +62,36 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
+    /// Waits until `name` exists under a uid other than `old`: replaced, not merely left in place.
+    async fn wait_replaced<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        old: Option<String>,
+        operators: &[&OperatorProcess],
+    ) where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let what = format!("{name} to be replaced");
+        wait_for(
+            &self.env,
+            &self.ns.name,
+            operators,
+            &what,
+            SETTLE,
+            || async {
+                match api.get_opt(name).await {
+                    Ok(Some(object)) if object.meta().uid != old => Ok(()),
+                    other => Err(format!(
+                        "{:?}",
+                        other.map(|o| o.map(|o| o.meta().uid.clone()))
+                    )),
+                }
+            },
+        )
+        .await;
+    }
+
     /// How many objects of kind `K` match `selector` in the test namespace.
     async fn count<K>(&self, selector: &ListParams) -> Result<usize, String>
     where
@@ -325,20 +355,8 @@ async fn deleted_member_and_deleted_pod_come_back_with_the_same_identity() {
         .delete("healing-1", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for(
-        &f.env,
-        &f.ns.name,
-        &[&operator],
-        "healing-1 to be recreated",
-        SETTLE,
-        || async {
-            match members.get_opt("healing-1").await {
-                Ok(Some(m)) if m.metadata.uid != old_uid => Ok(()),
-                other => Err(format!("{:?}", other.map(|m| m.map(|m| m.metadata.uid)))),
-            }
-        },
-    )
-    .await;
+    f.wait_replaced(&members, "healing-1", old_uid, &[&operator])
+        .await;
     f.wait_ready("healing", 3, &[&operator]).await;
 
     let pods = f.api::<Pod>();
@@ -346,20 +364,8 @@ async fn deleted_member_and_deleted_pod_come_back_with_the_same_identity() {
     pods.delete("healing-2", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for(
-        &f.env,
-        &f.ns.name,
-        &[&operator],
-        "pod healing-2 to be replaced",
-        SETTLE,
-        || async {
-            match pods.get_opt("healing-2").await {
-                Ok(Some(p)) if p.metadata.uid != old_pod => Ok(()),
-                other => Err(format!("{:?}", other.map(|p| p.map(|p| p.metadata.uid)))),
-            }
-        },
-    )
-    .await;
+    f.wait_replaced(&pods, "healing-2", old_pod, &[&operator])
+        .await;
     f.wait_ready("healing", 3, &[&operator]).await;
     let restarted = members.get("healing-2").await.unwrap().status.unwrap();
     assert_eq!(restarted.restarts, 1);
