@@ -125,11 +125,20 @@ pub struct TrainingConfig {
     pub kl_beta: f64,
     #[serde(default = "defaults::max_new_tokens")]
     pub max_new_tokens: u32,
+    /// Completions per forward/backward pass of a training step: bounds the step's memory, never
+    /// changes its result.
+    #[serde(default = "defaults::micro_batch_size")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 4096)))]
+    pub micro_batch_size: u32,
     #[serde(default = "defaults::temperature")]
     pub temperature: f64,
     /// Base seed; each member mixes in its ordinal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Difficulty of procedural questions, 1 (easiest) to 5.
+    #[serde(default = "defaults::difficulty")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 5)))]
+    pub difficulty: u8,
     /// Procedural task families and their sampling weights; all families with equal weight when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "schema", schemars(length(max = 32)))]
@@ -151,8 +160,10 @@ impl Default for TrainingConfig {
             clip_epsilon_high: defaults::clip_epsilon_high(),
             kl_beta: 0.0,
             max_new_tokens: defaults::max_new_tokens(),
+            micro_batch_size: defaults::micro_batch_size(),
             temperature: defaults::temperature(),
             seed: None,
+            difficulty: defaults::difficulty(),
             tasks: Vec::new(),
             dataset: None,
         }
@@ -184,8 +195,14 @@ mod defaults {
     pub fn max_new_tokens() -> u32 {
         256
     }
+    pub fn micro_batch_size() -> u32 {
+        8
+    }
     pub fn temperature() -> f64 {
         1.0
+    }
+    pub fn difficulty() -> u8 {
+        2
     }
     pub fn task_weight() -> u32 {
         1
@@ -226,6 +243,9 @@ pub struct DatasetSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoundsConfig {
+    /// When round 0 began (the Swarm's creation): with the duration, every member computes the same
+    /// round number from its own clock, without a coordinator.
+    pub start_time: jiff::Timestamp,
     pub duration_seconds: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rounds: Option<u64>,
@@ -299,6 +319,12 @@ impl NodeConfig {
         if self.model.path.is_none() && self.model.hub_id.is_none() {
             return Err("model needs a path or a hubId".into());
         }
+        if !(1..=5).contains(&training.difficulty) {
+            return Err("training.difficulty must be between 1 and 5".into());
+        }
+        if training.micro_batch_size == 0 {
+            return Err("training.microBatchSize must be at least 1".into());
+        }
         if self.rounds.duration_seconds == 0 {
             return Err("rounds.durationSeconds must be at least 1".into());
         }
@@ -333,6 +359,7 @@ mod tests {
             },
             training: TrainingConfig::default(),
             rounds: RoundsConfig {
+                start_time: "2026-11-25T00:00:00Z".parse().unwrap(),
                 duration_seconds: 60,
                 max_rounds: Some(100),
             },

@@ -229,13 +229,15 @@ pub fn sample_groups(
 }
 
 /// One GRPO step on the groups that carry signal; groups whose rewards are all equal are dropped
-/// first, as SAPO does.
+/// first, as SAPO does. `reference` is the frozen model of the KL penalty, needed only when the
+/// trainer's β is nonzero.
 pub fn train_on_groups(
     policy: &Qwen2,
+    reference: Option<&Qwen2>,
     trainer: &mut GrpoTrainer,
-    groups: &[Group],
+    groups: &[&Group],
 ) -> Result<TrainOutcome, RoundError> {
-    let kept: Vec<&Group> = groups.iter().filter(|g| g.has_signal()).collect();
+    let kept: Vec<&Group> = groups.iter().copied().filter(|g| g.has_signal()).collect();
     let groups_dropped = groups.len() - kept.len();
     if kept.is_empty() {
         return Ok(TrainOutcome {
@@ -245,7 +247,7 @@ pub fn train_on_groups(
         });
     }
     let batch = grpo_batch(&kept, policy.device())?;
-    let step = trainer.step(policy, None, &batch)?;
+    let step = trainer.step(policy, reference, &batch)?;
     Ok(TrainOutcome {
         groups_kept: kept.len(),
         groups_dropped,
@@ -274,7 +276,8 @@ pub fn run_round(
     let mut groups = sample_groups(policy, tokenizer, sampler, questions, config)?;
     let local = RewardStats::of(&groups);
     groups.extend(external);
-    let train = train_on_groups(policy, trainer, &groups)?;
+    let groups: Vec<&Group> = groups.iter().collect();
+    let train = train_on_groups(policy, None, trainer, &groups)?;
     Ok(RoundStats { local, train })
 }
 

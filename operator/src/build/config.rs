@@ -58,6 +58,12 @@ pub fn build_node_config(swarm: &Swarm, bootstrap_peers: Vec<String>) -> NodeCon
         },
         training: swarm.spec.training.clone(),
         rounds: RoundsConfig {
+            // The API server sets it on every stored object; only hand-built objects lack it.
+            start_time: swarm
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(jiff::Timestamp::UNIX_EPOCH, |time| time.0),
             duration_seconds: u32::try_from(swarm.spec.rounds.duration_seconds).unwrap_or(1),
             max_rounds: swarm
                 .spec
@@ -118,6 +124,10 @@ mod tests {
         swarm.spec.training.local_rollouts = 6;
         swarm.spec.training.external_rollouts = 2;
         swarm.spec.rounds.max_rounds = Some(500);
+        let created: jiff::Timestamp = "2026-11-25T01:02:03Z".parse().unwrap();
+        swarm.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+        );
         let peers = vec![
             bootstrap_multiaddr(&swarm, "demo-0", "16Uiu2HAmA"),
             bootstrap_multiaddr(&swarm, "demo-1", "16Uiu2HAmB"),
@@ -141,6 +151,7 @@ mod tests {
             (6, 2)
         );
         assert_eq!(parsed.rounds.max_rounds, Some(500));
+        assert_eq!(parsed.rounds.start_time, created);
         assert_eq!(parsed.checkpoints.unwrap().every_rounds, 10);
     }
 
