@@ -1,0 +1,66 @@
+//! The swarm's ledger: the SwarmCoordinator contract's compiled artifacts and a client for it.
+//!
+//! The operator deploys the contract, registers each member's account with its PeerId and
+//! advances rounds; each member submits its reward and winners once per round from its own
+//! account. [`LedgerClient`] does all of that over JSON-RPC: every change is checked on chain
+//! before it is sent, so retrying after a lost receipt never submits twice; one account's
+//! concurrent transactions take consecutive nonces; transient RPC failures are retried with
+//! backoff; the contract's rejections come back decoded.
+//!
+//! The bindings are generated from the committed ABI (`artifacts/SwarmCoordinator.abi.json`), the
+//! same file `ledger/compile --check` compares with the contract source, so they cannot drift.
+
+mod client;
+mod error;
+mod redact;
+
+pub use alloy::primitives::{Address, I256, TxHash};
+pub use alloy::rpc::types::TransactionReceipt;
+pub use alloy::signers::local::PrivateKeySigner;
+pub use client::{LedgerClient, LedgerOptions, Member, Outcome, RetryPolicy, Submission};
+pub use error::{LedgerError, Problem, TransientError};
+pub use redact::{display_url, redact};
+
+use swarm_identity::MemberKey;
+use zeroize::Zeroizing;
+
+/// Typed bindings of the contract: calls, events (for decoding receipts' logs) and errors.
+pub mod bindings {
+    alloy::sol!(
+        #[sol(rpc, all_derives)]
+        SwarmCoordinator,
+        "artifacts/SwarmCoordinator.abi.json"
+    );
+}
+
+/// The contract's creation bytecode, as compiled by `ledger/compile`.
+fn creation_bytecode() -> Vec<u8> {
+    alloy::hex::decode(include_str!("../artifacts/SwarmCoordinator.bin").trim())
+        .expect("ledger/artifacts/SwarmCoordinator.bin is hex (a unit test checks it)")
+}
+
+/// The signer of a member's ledger account: the same key as its PeerId, so its address is the
+/// member's [`MemberKey::address`].
+pub fn member_signer(key: &MemberKey) -> Result<PrivateKeySigner, LedgerError> {
+    let invalid = || LedgerError::new("use the member key", Problem::InvalidKey);
+    let secret = Zeroizing::new(key.secret_data());
+    let bytes = Zeroizing::new(alloy::hex::decode(secret.as_str()).map_err(|_| invalid())?);
+    PrivateKeySigner::from_slice(&bytes).map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_bytecode_is_hex() {
+        assert!(!creation_bytecode().is_empty());
+    }
+
+    #[test]
+    fn member_signer_has_the_member_address() {
+        let key = MemberKey::generate();
+        let signer = member_signer(&key).expect("a member key is a valid signer");
+        assert_eq!(signer.address().to_checksum(None), key.address());
+    }
+}

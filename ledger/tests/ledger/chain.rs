@@ -1,0 +1,225 @@
+//! A real local chain for the tests: anvil from scripts/install-ledger-tools, on 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::U256;
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use serde_json::json;
+use swarm_identity::MemberKey;
+use swarm_ledger::bindings::SwarmCoordinator::{self, SwarmCoordinatorInstance};
+use swarm_ledger::{Address, LedgerClient, LedgerOptions, RetryPolicy, member_signer};
+
+/// anvil's chain id unless told otherwise.
+pub const CHAIN_ID: u64 = 31337;
+
+/// The anvil binary: `$ANVIL` (scripts/env.sh sets it), else whatever the install script reports.
+fn anvil_binary() -> &'static Path {
+    static ANVIL: OnceLock<PathBuf> = OnceLock::new();
+    ANVIL.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ANVIL") {
+            return PathBuf::from(path);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools");
+        let output = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{} failed", script.display());
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let line = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("ANVIL="))
+            .unwrap_or_else(|| panic!("{} printed no ANVIL= line", script.display()));
+        PathBuf::from(line)
+    })
+}
+
+/// One anvil process; killed when dropped.
+pub struct Chain {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Chain {
+    /// A fresh chain on a free port.
+    pub fn start() -> Chain {
+        Chain::start_with(&[])
+    }
+
+    /// A fresh chain with extra anvil arguments, e.g. `--no-mining`.
+    pub fn start_with(args: &[&str]) -> Chain {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        // Port 0 lets anvil pick; it prints the port it got.
+        let (child, port) = spawn(0, &args);
+        Chain { child, port, args }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops anvil the way a node is stopped (SIGTERM, so `--state` is written) and waits.
+    pub fn stop(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+    }
+
+    /// Starts anvil again on the same port with the same arguments.
+    pub fn restart(&mut self) {
+        let (child, port) = spawn(self.port, &self.args);
+        assert_eq!(port, self.port);
+        self.child = child;
+    }
+
+    /// A provider without a wallet, for test-only RPCs.
+    pub fn provider(&self) -> DynProvider {
+        ProviderBuilder::new()
+            .connect_http(self.url().parse().unwrap())
+            .erased()
+    }
+
+    /// Gives `account` 100 ether.
+    pub async fn fund(&self, account: Address) {
+        let wei = U256::from(10).pow(U256::from(20));
+        self.rpc("anvil_setBalance", json!([account, wei])).await;
+    }
+
+    /// Turns mining each transaction as it arrives on or off.
+    pub async fn set_automine(&self, on: bool) {
+        self.rpc("evm_setAutomine", json!([on])).await;
+    }
+
+    /// Mines one block.
+    pub async fn mine(&self) {
+        self.rpc("evm_mine", json!([])).await;
+    }
+
+    /// Calls one of anvil's test RPCs; their answers carry nothing the tests need.
+    async fn rpc(&self, method: &'static str, params: serde_json::Value) {
+        let _: serde_json::Value = self
+            .provider()
+            .raw_request(method.into(), params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+
+    /// A new funded member key.
+    pub async fn funded_key(&self) -> MemberKey {
+        let key = MemberKey::generate();
+        self.fund(address(&key)).await;
+        key
+    }
+
+    /// A new funded owner, its deployed coordinator, and a client for it.
+    pub async fn deploy(&self) -> (MemberKey, LedgerClient) {
+        let owner = self.funded_key().await;
+        let contract = LedgerClient::deploy(&self.url(), CHAIN_ID, signer(&owner), options())
+            .await
+            .unwrap();
+        let client = self.client(&owner, contract).await;
+        (owner, client)
+    }
+
+    pub async fn client(&self, key: &MemberKey, contract: Address) -> LedgerClient {
+        self.client_with(key, contract, options()).await
+    }
+
+    pub async fn client_with(
+        &self,
+        key: &MemberKey,
+        contract: Address,
+        options: LedgerOptions,
+    ) -> LedgerClient {
+        LedgerClient::connect(&self.url(), CHAIN_ID, signer(key), contract, options)
+            .await
+            .unwrap()
+    }
+
+    /// The contract bound to `key`'s account without the client's checks, for the rejections
+    /// the client would never send.
+    pub fn raw_contract(
+        &self,
+        key: &MemberKey,
+        contract: Address,
+    ) -> SwarmCoordinatorInstance<DynProvider> {
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer(key)))
+            .connect_http(self.url().parse().unwrap())
+            .erased();
+        SwarmCoordinator::new(contract, provider)
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        // Already gone after stop(); nothing to report either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(port: u16, args: &[String]) -> (Child, u16) {
+    let mut child = Command::new(anvil_binary())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", anvil_binary().display()));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("anvil exited before listening")
+            .unwrap();
+        if let Some(address) = line.strip_prefix("Listening on ") {
+            break address.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // anvil logs every request to stdout: keep reading, so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
+pub fn signer(key: &MemberKey) -> swarm_ledger::PrivateKeySigner {
+    member_signer(key).unwrap()
+}
+
+pub fn address(key: &MemberKey) -> Address {
+    key.address().parse().unwrap()
+}
+
+/// Short timeouts and backoff, so failure paths finish in a second or two.
+pub fn options() -> LedgerOptions {
+    LedgerOptions {
+        request_timeout: Duration::from_secs(5),
+        receipt_timeout: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(20),
+        retry: RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+        },
+    }
+}
+
+/// A port nothing listens on: bound once by the OS's choice, then released.
+pub fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
