@@ -25,6 +25,8 @@ pub enum Error {
     NodeConfig(#[from] ConfigError),
     #[error("lost the leader Lease {0}")]
     LeadershipLost(String),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerProblem),
 }
 
 impl Error {
@@ -51,6 +53,7 @@ impl Error {
             Error::ForeignSecret(_) => "ForeignSecret",
             Error::NodeConfig(_) => "ConfigRenderFailed",
             Error::LeadershipLost(_) => "LeadershipLost",
+            Error::Ledger(problem) => problem.reason,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so that only one operator replica writes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -138,18 +139,24 @@ impl LeaseLock {
     }
 
     /// Renews the Lease until a renewal is refused or none succeeded for `deadline`; then returns,
-    /// and the caller must stop writing.
-    pub async fn hold(&self, every: Duration, deadline: Duration) {
+    /// and the caller must stop writing. `holding` is true only while the last renewal succeeded, so
+    /// writes that must come from the Lease holder alone (ledger rounds) pause while it is in doubt.
+    pub async fn hold(&self, every: Duration, deadline: Duration, holding: &AtomicBool) {
         let mut last_success = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(every).await;
             match self.try_acquire_or_renew().await {
-                Ok(true) => last_success = tokio::time::Instant::now(),
+                Ok(true) => {
+                    last_success = tokio::time::Instant::now();
+                    holding.store(true, Ordering::Relaxed);
+                }
                 Ok(false) => {
+                    holding.store(false, Ordering::Relaxed);
                     warn!(lease = %self.name, "another replica took the Lease");
                     return;
                 }
                 Err(error) => {
+                    holding.store(false, Ordering::Relaxed);
                     warn!(%error, "cannot renew the Lease");
                     if last_success.elapsed() >= deadline {
                         return;

@@ -6,6 +6,7 @@ pub mod build;
 pub mod controller;
 pub mod error;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod status;
 

@@ -122,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
         ))
     });
 
+    // Controllers run only once the Lease is held (or without leader election); renewals keep this
+    // flag current for the writes only the holder may make.
+    let leader = Arc::new(AtomicBool::new(true));
     // A standby replica is ready: it serves and takes over when the leader goes.
     ready.store(true, Ordering::Relaxed);
     let lost = match &lock {
@@ -130,25 +133,32 @@ async fn main() -> anyhow::Result<()> {
                 () = lock.acquire(LEASE_RETRY) => {}
                 () = shutdown.clone() => return Ok(()),
             }
-            let holder = lock.clone();
-            async move { holder.hold(LEASE_RENEW_EVERY, LEASE_RENEW_DEADLINE).await }
-                .boxed()
-                .shared()
+            let (holder, holding) = (lock.clone(), leader.clone());
+            async move {
+                holder
+                    .hold(LEASE_RENEW_EVERY, LEASE_RENEW_DEADLINE, &holding)
+                    .await
+            }
+            .boxed()
+            .shared()
         }
         None => futures::future::pending().boxed().shared(),
     };
 
-    let ctx = Arc::new(Context::new(
-        client,
-        Reporter {
-            controller: "rl-swarm-operator".into(),
-            instance: Some(identity),
-        },
-        metrics,
-        PodSettings {
-            default_image: args.node_image,
-        },
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Reporter {
+                controller: "rl-swarm-operator".into(),
+                instance: Some(identity),
+            },
+            metrics,
+            PodSettings {
+                default_image: args.node_image,
+            },
+        )
+        .with_leader_flag(leader),
+    );
     let stop = {
         let lost = lost.clone();
         let shutdown = shutdown.clone();

@@ -30,6 +30,7 @@ fn swarm(name: &str) -> Swarm {
             p2p: P2pSpec::default(),
             checkpoints: None,
             identity: IdentitySpec::default(),
+            ledger: None,
         },
         status: None,
     }
@@ -293,5 +294,109 @@ fn member_ordinal_is_bounded_and_spec_immutable() {
             .iter()
             .any(|m| m.contains("swarm and ordinal are immutable")),
         "{found:?}"
+    );
+}
+
+fn with_ledger(address: Option<&str>) -> Swarm {
+    let mut s = swarm("demo");
+    s.spec.ledger = Some(LedgerSpec {
+        rpc_url: "https://rpc.example.com/v3/api-key".into(),
+        chain_id: 11155111,
+        contract: LedgerContract {
+            address: address.map(str::to_owned),
+            deploy: address.is_none().then_some(DeployContract {}),
+        },
+        operator_key_secret: SecretKeyRef {
+            name: "ledger-operator".into(),
+            key: "private-key".into(),
+        },
+        member_funding: Some("0.05".into()),
+    });
+    s
+}
+
+const CONTRACT: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+
+#[test]
+fn a_ledger_deploys_or_names_a_contract() {
+    accepted(&with_ledger(None));
+    accepted(&with_ledger(Some(CONTRACT)));
+    let mut s = with_ledger(Some(CONTRACT));
+    s.spec.ledger.as_mut().unwrap().contract.deploy = Some(DeployContract {});
+    rejected(&s, "ledger.contract needs exactly one of address or deploy");
+    let mut s = with_ledger(None);
+    s.spec.ledger.as_mut().unwrap().contract.deploy = None;
+    rejected(&s, "ledger.contract needs exactly one of address or deploy");
+    rejected(
+        &with_ledger(Some("0x1234")),
+        "ledger.contract.address must be 0x followed by 40 hex digits",
+    );
+}
+
+#[test]
+fn ledger_fields_are_checked() {
+    let mut s = with_ledger(None);
+    s.spec.ledger.as_mut().unwrap().rpc_url = "ws://rpc.example.com".into();
+    rejected(&s, "ledger.rpcUrl must be an http:// or https:// URL");
+    let mut s = with_ledger(None);
+    s.spec.ledger.as_mut().unwrap().chain_id = 0;
+    rejected(&s, "ledger.chainId must be at least 1");
+    for bad in ["1e18", "-1", "0.1234567890123456789", "five"] {
+        let mut s = with_ledger(None);
+        s.spec.ledger.as_mut().unwrap().member_funding = Some(bad.into());
+        rejected(&s, "ledger.memberFunding must be an amount of ether");
+    }
+    for ok in ["0", "1", "0.05", "10.000000000000000001"] {
+        let mut s = with_ledger(None);
+        s.spec.ledger.as_mut().unwrap().member_funding = Some(ok.into());
+        accepted(&s);
+    }
+}
+
+#[test]
+fn ledger_chain_and_contract_are_immutable_and_the_ledger_stays() {
+    let old = with_ledger(None);
+    let mut new = old.clone();
+    new.spec.ledger.as_mut().unwrap().rpc_url = "https://other.example.com".into();
+    new.spec.ledger.as_mut().unwrap().member_funding = Some("1".into());
+    assert_eq!(
+        update_messages(&new, &old),
+        Vec::<String>::new(),
+        "endpoint and funding may change"
+    );
+    let mut new = old.clone();
+    new.spec.ledger.as_mut().unwrap().chain_id = 1;
+    let found = update_messages(&new, &old);
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("ledger.chainId is immutable")),
+        "{found:?}"
+    );
+    let mut new = old.clone();
+    new.spec.ledger.as_mut().unwrap().contract = LedgerContract {
+        address: Some(CONTRACT.into()),
+        deploy: None,
+    };
+    let found = update_messages(&new, &old);
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("ledger.contract is immutable")),
+        "{found:?}"
+    );
+    let mut new = old.clone();
+    new.spec.ledger = None;
+    let found = update_messages(&new, &old);
+    assert!(
+        found
+            .iter()
+            .any(|m| m.contains("spec.ledger cannot be removed")),
+        "{found:?}"
+    );
+    assert_eq!(
+        update_messages(&old, &swarm("demo")),
+        Vec::<String>::new(),
+        "a ledger may be added later"
     );
 }

@@ -38,7 +38,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "swarm-operator.managedRules" -}}
 - apiGroups: [rlswarm.dev]
   resources: [swarms]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [rlswarm.dev]
   resources: [swarms/status]
   verbs: [patch]

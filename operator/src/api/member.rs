@@ -77,6 +77,24 @@ pub struct SwarmMemberStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The member's account on the Swarm's ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<MemberLedgerStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberLedgerStatus {
+    /// The contract the member is registered on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_address: Option<String>,
+    /// The transfer that funded the member's account, when the operator sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding_transaction: Option<String>,
+    /// The transaction that registered the member's account with its PeerId; empty when the ledger
+    /// already had the registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_transaction: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]

@@ -41,4 +41,6 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
     pub const READY: &str = "Ready";
+    pub const LEDGER_READY: &str = "LedgerReady";
+    pub const REGISTERED: &str = "Registered";
 }

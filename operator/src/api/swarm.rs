@@ -44,6 +44,9 @@ pub const MAX_REPLICAS: i32 = 1000;
     ),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
         "metadata.name must be a DNS label that starts with a letter (lowercase letters, digits and '-'), because it names the swarm's headless Service"
+    ),
+    validation = Rule::new("!has(oldSelf.spec.ledger) || has(self.spec.ledger)").message(
+        "spec.ledger cannot be removed: members are registered on it; delete the Swarm to deregister them"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +95,77 @@ pub struct SwarmSpec {
     /// What happens to member identities when the Swarm is deleted.
     #[serde(default)]
     pub identity: IdentitySpec,
+
+    /// The EVM chain members are registered on; no ledger when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerSpec>,
+}
+
+/// An EVM chain with the swarm's coordinator contract: the operator funds and registers every member's
+/// account there and advances its rounds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.chainId == oldSelf.chainId").message("ledger.chainId is immutable: members are registered on this chain; create a new Swarm to move to another"),
+    validation = Rule::new("self.contract == oldSelf.contract").message("ledger.contract is immutable: members are registered on this contract; create a new Swarm to move to another")
+)]
+pub struct LedgerSpec {
+    /// JSON-RPC endpoint of the chain. It may carry an API key; the operator never shows more of it than
+    /// its scheme, host and port.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("ledger.rpcUrl must be an http:// or https:// URL"))]
+    pub rpc_url: String,
+    /// The chain the endpoint must serve; the operator refuses to send to another.
+    #[x_kube(validation = Rule::new("self >= 1").message("ledger.chainId must be at least 1"))]
+    pub chain_id: i64,
+    /// The coordinator contract: an existing one, or one the operator deploys (its address then goes to
+    /// `status.ledger.contractAddress`).
+    pub contract: LedgerContract,
+    /// The Secret holding the operator's account key (64 hex characters). That account owns the contract,
+    /// pays for every transaction and funds the members.
+    pub operator_key_secret: SecretKeyRef,
+    /// Ether sent to each member account whose balance is below it, before the member is registered, so it
+    /// can pay for its own submissions; e.g. "0.05". Nothing is sent when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,20}([.][0-9]{1,18})?$')").message("ledger.memberFunding must be an amount of ether such as \"0.05\" (at most 18 decimals)"))]
+    pub member_funding: Option<String>,
+}
+
+/// Exactly one of `address` and `deploy`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.address), has(self.deploy)].filter(x, x).size() == 1").message("ledger.contract needs exactly one of address or deploy")
+)]
+pub struct LedgerContract {
+    /// Address of a coordinator contract the operator's account owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^0x[0-9a-fA-F]{40}$')").message("ledger.contract.address must be 0x followed by 40 hex digits"))]
+    pub address: Option<String>,
+    /// Deploy a new coordinator contract (`deploy: {}`), once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployContract>,
+}
+
+/// Deploy a coordinator contract owned by the operator's account; no options yet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct DeployContract {}
+
+/// A key of a Secret in the Swarm's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The entry holding the key; `private-key` when empty.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    swarm_identity::PRIVATE_KEY_FILE.to_owned()
 }
 
 /// Pod template of every member.
@@ -311,6 +385,23 @@ pub struct SwarmStatus {
     /// Multiaddrs of the members whose identity is known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bootstrap_peers: Vec<String>,
+    /// The ledger, once the operator reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<SwarmLedgerStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SwarmLedgerStatus {
+    /// The coordinator contract: `spec.ledger.contract.address`, or the one the operator deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_address: Option<String>,
+    /// The operator's account, which owns the contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_account: Option<String>,
+    /// The contract's current round, as last advanced or read by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]

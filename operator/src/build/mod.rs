@@ -96,6 +96,7 @@ pub(crate) mod fixtures {
                 p2p: P2pSpec::default(),
                 checkpoints: None,
                 identity: IdentitySpec::default(),
+                ledger: None,
             },
             status: None,
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -13,7 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use tracing::info;
 
-use super::{Context, apply, apply_status};
+use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
 use crate::api::{
     FIELD_MANAGER, MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions, labels,
 };
@@ -21,6 +21,10 @@ use crate::build::{
     TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_identity_secret, build_member_pod,
 };
 use crate::error::{Error, KubeContext, Result};
+use crate::ledger::{
+    MEMBER_FINALIZER, Removal, ledger_target, registered_on, registered_status, removal,
+    retry_delay,
+};
 use crate::status::{PodObservation, condition, observe_pod};
 
 const RESYNC: Duration = Duration::from_secs(300);
@@ -37,19 +41,25 @@ pub fn replacement_backoff(streak: i32) -> Duration {
 }
 
 pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action> {
-    if member.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let namespace = member
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = member.name_any();
     let client = ctx.client.clone();
-    let Some(swarm) = Api::<Swarm>::namespaced(client.clone(), &namespace)
+    let members_api: Api<SwarmMember> = Api::namespaced(client.clone(), &namespace);
+    if member.metadata.deletion_timestamp.is_some()
+        && !member.finalizers().iter().any(|f| f == MEMBER_FINALIZER)
+    {
+        return Ok(Action::await_change());
+    }
+    let swarm = Api::<Swarm>::namespaced(client.clone(), &namespace)
         .get_opt(&member.spec.swarm)
         .await
-        .context(|| format!("get swarm {namespace}/{}", member.spec.swarm))?
-    else {
+        .context(|| format!("get swarm {namespace}/{}", member.spec.swarm))?;
+    if member.metadata.deletion_timestamp.is_some() {
+        return leave_ledger(&ctx, swarm.as_ref(), &member, &members_api).await;
+    }
+    let Some(swarm) = swarm else {
         // The garbage collector removes members of a deleted Swarm.
         return Ok(Action::await_change());
     };
@@ -175,6 +185,16 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         }
     }
 
+    let registered = if swarm.spec.ledger.is_some() {
+        // Deregistration on removal depends on this finalizer, so it comes before registration.
+        add_finalizer(&members_api, &member, MEMBER_FINALIZER).await?;
+        let (registered, wait) = join_ledger(&ctx, &swarm, &member, &key, &mut status, now).await?;
+        requeue = requeue.min(wait);
+        Some(registered)
+    } else {
+        None
+    };
+
     status.conditions = vec![condition(
         &prior.conditions,
         conditions::READY,
@@ -192,10 +212,135 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         member.metadata.generation,
         now,
     )];
+    status.conditions.extend(registered);
     if status != prior {
         apply_status(&member, &status, ctx.client.clone()).await?;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Funds and registers the member on its Swarm's ledger unless its status shows it registered on the
+/// Swarm's contract. Returns the `Registered` condition and when to look again.
+async fn join_ledger(
+    ctx: &Context,
+    swarm: &Swarm,
+    member: &SwarmMember,
+    key: &MemberKey,
+    status: &mut SwarmMemberStatus,
+    now: Timestamp,
+) -> Result<(Condition, Duration)> {
+    let namespace = member.namespace().unwrap_or_default();
+    let previous = member
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let contract = ledger_target(swarm).ok().flatten().and_then(|t| t.contract);
+    if let Some(contract) = contract
+        && registered_on(member, contract)
+        && let Some(kept) = previous.iter().find(|c| c.type_ == conditions::REGISTERED)
+    {
+        return Ok((kept.clone(), RESYNC));
+    }
+    let outcome = ledger::register_member(ctx, swarm, &namespace, key).await?;
+    let generation = member.metadata.generation;
+    Ok(match outcome {
+        Ok((contract, funding, registration)) => {
+            let message = match &registration {
+                Some(tx) => format!(
+                    "account {} registered as {} on contract {} in transaction {tx}",
+                    key.address(),
+                    key.peer_id_string(),
+                    contract.to_checksum(None)
+                ),
+                None => format!(
+                    "account {} was already registered as {} on contract {}",
+                    key.address(),
+                    key.peer_id_string(),
+                    contract.to_checksum(None)
+                ),
+            };
+            status.ledger = Some(registered_status(
+                status.ledger.as_ref(),
+                contract,
+                funding,
+                registration,
+            ));
+            let registered = condition(
+                previous,
+                conditions::REGISTERED,
+                true,
+                "Registered",
+                message,
+                generation,
+                now,
+            );
+            (registered, RESYNC)
+        }
+        Err(problem) => {
+            let since = previous
+                .iter()
+                .find(|c| {
+                    c.type_ == conditions::REGISTERED
+                        && c.status == "False"
+                        && c.reason == problem.reason
+                })
+                .map(|c| c.last_transition_time.0);
+            let not_registered = condition(
+                previous,
+                conditions::REGISTERED,
+                false,
+                problem.reason,
+                problem.message,
+                generation,
+                now,
+            );
+            (not_registered, retry_delay(since, now))
+        }
+    })
+}
+
+/// A member being deleted: deregisters its account when it is removed for good, then lets it go.
+/// A failed deregistration keeps the finalizer and is retried, so no registration outlives its member
+/// unnoticed.
+async fn leave_ledger(
+    ctx: &Context,
+    swarm: Option<&Swarm>,
+    member: &SwarmMember,
+    members_api: &Api<SwarmMember>,
+) -> Result<Action> {
+    let namespace = member.namespace().unwrap_or_default();
+    let reference = member.object_ref(&());
+    let account = member
+        .status
+        .as_ref()
+        .and_then(|s| s.address.as_deref())
+        .and_then(|a| a.parse().ok());
+    match (removal(swarm, member), swarm, account) {
+        (Removal::Deregister, Some(swarm), Some(account)) => {
+            match ledger::deregister_member(ctx, swarm, &namespace, account).await?? {
+                Some(tx) => {
+                    ctx.event(
+                        &reference,
+                        EventType::Normal,
+                        "Deregistered",
+                        format!("deregistered account {account} in transaction {tx}"),
+                    )
+                    .await;
+                }
+                None => {
+                    info!(member = %member.name_any(), %account, "account already deregistered")
+                }
+            }
+        }
+        (Removal::KeepRegistered(why), _, Some(account)) => {
+            info!(member = %member.name_any(), %account, why, "member leaves, its registration stays");
+        }
+        // Without an address the member never had an identity, so it was never registered.
+        _ => {}
+    }
+    remove_finalizer(members_api, member, MEMBER_FINALIZER).await?;
+    Ok(Action::await_change())
 }
 
 /// The member's key: read from its Secret, or generated once and stored in a new immutable Secret.

@@ -1,11 +1,13 @@
 //! The two controllers and what they share. Reconcilers fetch, call the pure builders, apply with
 //! server-side apply and write status; nothing else.
 
+pub mod ledger;
 pub mod member;
 pub mod swarm;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +36,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub pod_settings: PodSettings,
+    pub ledgers: ledger::Ledgers,
+    /// Whether this replica may write to ledgers now: it holds the leader Lease, or runs alone.
+    pub leader: Arc<AtomicBool>,
     retries: RetryBackoff,
 }
 
@@ -49,8 +54,26 @@ impl Context {
             client,
             metrics,
             pod_settings,
+            ledgers: ledger::Ledgers::default(),
+            leader: Arc::new(AtomicBool::new(true)),
             retries: RetryBackoff::default(),
         }
+    }
+
+    /// The same context with other ledger timeouts and retries (tests use short ones).
+    pub fn with_ledger_options(mut self, options: swarm_ledger::LedgerOptions) -> Self {
+        self.ledgers = ledger::Ledgers::new(options);
+        self
+    }
+
+    /// The same context following a leadership flag that the Lease renewals keep up to date.
+    pub fn with_leader_flag(mut self, leader: Arc<AtomicBool>) -> Self {
+        self.leader = leader;
+        self
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
     }
 
     /// Publishes an Event; a failure to publish is logged, never fatal to the reconciliation.
@@ -136,6 +159,61 @@ where
         )
         .await
         .context(|| format!("write status of {} {namespace}/{name}", K::kind(&())))?;
+    Ok(())
+}
+
+/// Adds `finalizer` to the object, unless it has it. The patch names the object's resourceVersion, so
+/// it never overwrites finalizers someone else changed meanwhile (a conflict retries the reconcile).
+pub async fn add_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    if object.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let mut finalizers = object.finalizers().to_vec();
+    finalizers.push(finalizer.to_owned());
+    patch_finalizers(api, object, finalizers).await
+}
+
+/// Removes `finalizer` from the object, if it has it; same concurrency rule as [`add_finalizer`].
+pub async fn remove_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    if !object.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let finalizers = object
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    patch_finalizers(api, object, finalizers).await
+}
+
+async fn patch_finalizers<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let name = object.name_any();
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": object.resource_version(),
+        }
+    });
+    api.patch(
+        &name,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        },
+        &Patch::Merge(&patch),
+    )
+    .await
+    .context(|| format!("update the finalizers of {} {name}", K::kind(&())))?;
     Ok(())
 }
 

@@ -11,30 +11,39 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, apply, apply_status};
-use crate::api::{Swarm, SwarmMember, labels};
+use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
+use crate::api::{Swarm, SwarmMember, conditions, labels};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
 };
 use crate::error::{Error, KubeContext, Result};
+use crate::ledger::{SWARM_FINALIZER, retry_delay, until_next_round};
 use crate::status::{SpecProblem, swarm_status};
 
 /// Periodic re-check even without changes, e.g. for a model volume created after the Swarm.
 const RESYNC: Duration = Duration::from_secs(300);
 const RECHECK_PROBLEM: Duration = Duration::from_secs(30);
+/// Shortest wait for the next round, so that very short rounds do not turn into a busy loop.
+const MIN_ROUND_WAIT: Duration = Duration::from_secs(1);
+/// How soon to look again while a deleted Swarm's members are leaving.
+const WAIT_FOR_MEMBERS: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
-    if swarm.metadata.deletion_timestamp.is_some() {
-        // Owner references hand the children to the garbage collector.
-        return Ok(Action::await_change());
-    }
     let namespace = swarm
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = swarm.name_any();
     let client = ctx.client.clone();
     let members_api: Api<SwarmMember> = Api::namespaced(client.clone(), &namespace);
+    let swarms_api: Api<Swarm> = Api::namespaced(client.clone(), &namespace);
+    if swarm.metadata.deletion_timestamp.is_some() {
+        return finish_deletion(&swarm, &swarms_api, &members_api).await;
+    }
     let reference = swarm.object_ref(&());
+    if swarm.spec.ledger.is_some() {
+        // Members must leave the ledger before the Swarm (and with it the ledger settings) is gone.
+        add_finalizer(&swarms_api, &swarm, SWARM_FINALIZER).await?;
+    }
 
     let problem = check_model_source(&swarm, &ctx).await?;
     let listed = members_api
@@ -104,15 +113,56 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     )
     .await?;
 
+    // Last before the status, so that a contract deployed now is recorded by the very next write.
+    let now = Timestamp::now();
+    let ledger = ledger::set_up(&ctx, &swarm, &namespace, ctx.is_leader(), now).await?;
     let status = swarm_status(
         &swarm,
         &members,
         bootstrap_peers,
         problem.as_ref(),
-        Timestamp::now(),
+        ledger.as_ref(),
+        now,
     );
     if swarm.status.as_ref() != Some(&status) {
         apply_status(&swarm, &status, client).await?;
+    }
+    let mut requeue = RESYNC;
+    match &ledger {
+        Some(Ok(state)) => {
+            if state.deployed {
+                ctx.event(
+                    &reference,
+                    EventType::Normal,
+                    "ContractDeployed",
+                    format!(
+                        "deployed the coordinator contract {} through {}",
+                        state.contract.to_checksum(None),
+                        ledger::endpoint(&swarm)
+                    ),
+                )
+                .await;
+                // Back at once to check the new contract's ownership and advance its round.
+                requeue = MIN_ROUND_WAIT;
+            } else {
+                // Back when the next round begins, to advance the ledger to it.
+                requeue = requeue.min(until_next_round(&swarm, now).max(MIN_ROUND_WAIT));
+            }
+        }
+        Some(Err(problem)) => {
+            let since = ledger_failing_since(&swarm, problem.reason);
+            if since.is_none() {
+                ctx.event(
+                    &reference,
+                    EventType::Warning,
+                    problem.reason,
+                    problem.message.clone(),
+                )
+                .await;
+            }
+            requeue = requeue.min(retry_delay(since, now));
+        }
+        None => {}
     }
 
     if !created.is_empty() {
@@ -149,9 +199,55 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
             )
             .await;
         }
-        return Ok(Action::requeue(RECHECK_PROBLEM));
+        return Ok(Action::requeue(RECHECK_PROBLEM.min(requeue)));
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(requeue))
+}
+
+/// When the Swarm's ledger started failing for `reason`, if its status already says so.
+fn ledger_failing_since(swarm: &Swarm, reason: &str) -> Option<Timestamp> {
+    swarm
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::LEDGER_READY && c.status == "False" && c.reason == reason)
+        .map(|c| c.last_transition_time.0)
+}
+
+/// A Swarm being deleted with members on a ledger: its members are deleted first (each deregisters
+/// through its own finalizer, which needs the Swarm's ledger settings); then the Swarm may go.
+async fn finish_deletion(
+    swarm: &Swarm,
+    swarms_api: &Api<Swarm>,
+    members_api: &Api<SwarmMember>,
+) -> Result<Action> {
+    if !swarm.finalizers().iter().any(|f| f == SWARM_FINALIZER) {
+        // Owner references hand the children to the garbage collector.
+        return Ok(Action::await_change());
+    }
+    let name = swarm.name_any();
+    let members = members_api
+        .list(&ListParams::default().labels(&labels::swarm_selector(&name)))
+        .await
+        .context(|| format!("list members of {name}"))?
+        .items;
+    for member in members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+    {
+        let member_name = member.name_any();
+        members_api
+            .delete(&member_name, &DeleteParams::background())
+            .await
+            .context(|| format!("delete member {member_name}"))?;
+    }
+    if !members.is_empty() {
+        // Each member's removal is an event on an owned object and brings the Swarm back sooner.
+        return Ok(Action::requeue(WAIT_FOR_MEMBERS));
+    }
+    remove_finalizer(swarms_api, swarm, SWARM_FINALIZER).await?;
+    Ok(Action::await_change())
 }
 
 /// A Swarm whose weights live on a claim that does not exist cannot start any member.
