@@ -1,5 +1,14 @@
-//! The swarm node. In this slice it only reads what the operator mounts into a member's pod:
-//! the identity key (from the member's Secret) and the node config (from the swarm's ConfigMap).
+//! The swarm node: a member's training loop over libp2p ([`member`]), and the local swarm and SAPO
+//! experiment that run several members on one machine ([`local`], [`experiment`]). A member starts
+//! from what the operator mounts into its pod: the identity key (from the member's Secret) and the
+//! node config (from the swarm's ConfigMap).
+
+pub mod clock;
+pub mod exchange;
+pub mod experiment;
+pub mod local;
+pub mod member;
+pub mod report;
 
 use std::path::Path;
 

@@ -43,8 +43,19 @@ impl Mounts {
         self.identity_dir.join(PRIVATE_KEY_FILE)
     }
 
+    /// `swarm-node check`, which stops after reading the mounts.
+    fn check(&self) -> Output {
+        self.run_with(&["check"])
+    }
+
+    /// `swarm-node` as a pod runs it; tests only use it with broken mounts, so it never trains.
     fn run(&self) -> Output {
+        self.run_with(&[])
+    }
+
+    fn run_with(&self, subcommand: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_swarm-node"))
+            .args(subcommand)
             .arg("--identity-dir")
             .arg(&self.identity_dir)
             .arg("--config")
@@ -88,6 +99,7 @@ fn sample_config() -> NodeConfig {
             ..TrainingConfig::default()
         },
         rounds: RoundsConfig {
+            start_time: "2026-11-25T00:00:00Z".parse().unwrap(),
             duration_seconds: 60,
             max_rounds: None,
         },
@@ -121,7 +133,7 @@ fn assert_fails_naming(output: &Output, path: &Path) {
 #[test]
 fn prints_identity_and_config_summary() {
     let mounts = Mounts::new();
-    let output = mounts.run();
+    let output = mounts.check();
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
     assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
     for line in [
@@ -145,6 +157,7 @@ fn prints_identity_and_config_summary() {
 fn reads_paths_and_member_from_the_environment() {
     let mounts = Mounts::new();
     let output = Command::new(env!("CARGO_BIN_EXE_swarm-node"))
+        .arg("check")
         .env("SWARM_IDENTITY_DIR", &mounts.identity_dir)
         .env("SWARM_CONFIG", &mounts.config)
         .env("SWARM_MEMBER", "demo-7")
@@ -202,4 +215,14 @@ fn malformed_config_exits_2() {
         "{}",
         text(&output.stderr)
     );
+}
+
+#[test]
+fn a_hub_model_is_refused_with_a_way_out() {
+    let output = Mounts::new().run();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("Qwen/Qwen2.5-0.5B-Instruct"), "{stderr}");
+    assert!(stderr.contains("mount the weights"), "{stderr}");
+    assert!(!stderr.contains(KEY), "{stderr}");
 }
