@@ -10,6 +10,7 @@
 //! The bindings are generated from the committed ABI (`artifacts/SwarmCoordinator.abi.json`), the
 //! same file `ledger/compile --check` compares with the contract source, so they cannot drift.
 
+pub mod anvil;
 mod client;
 mod error;
 mod redact;

@@ -1,10 +1,7 @@
 //! A real local chain for the tests: anvil from scripts/install-ledger-tools, on 127.0.0.1.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use alloy::network::EthereumWallet;
@@ -12,39 +9,15 @@ use alloy::primitives::U256;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use serde_json::json;
 use swarm_identity::MemberKey;
+use swarm_ledger::anvil::{Anvil, anvil_binary};
 use swarm_ledger::bindings::SwarmCoordinator::{self, SwarmCoordinatorInstance};
 use swarm_ledger::{Address, LedgerClient, LedgerOptions, RetryPolicy, member_signer};
 
-/// anvil's chain id unless told otherwise.
-pub const CHAIN_ID: u64 = 31337;
-
-/// The anvil binary: `$ANVIL` (scripts/env.sh sets it), else whatever the install script reports.
-fn anvil_binary() -> &'static Path {
-    static ANVIL: OnceLock<PathBuf> = OnceLock::new();
-    ANVIL.get_or_init(|| {
-        if let Some(path) = std::env::var_os("ANVIL") {
-            return PathBuf::from(path);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools");
-        let output = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{} failed", script.display());
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let line = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("ANVIL="))
-            .unwrap_or_else(|| panic!("{} printed no ANVIL= line", script.display()));
-        PathBuf::from(line)
-    })
-}
+pub use swarm_ledger::anvil::ANVIL_CHAIN_ID as CHAIN_ID;
 
 /// One anvil process; killed when dropped.
 pub struct Chain {
-    child: Child,
-    port: u16,
-    args: Vec<String>,
+    anvil: Anvil,
 }
 
 impl Chain {
@@ -55,31 +28,27 @@ impl Chain {
 
     /// A fresh chain with extra anvil arguments, e.g. `--no-mining`.
     pub fn start_with(args: &[&str]) -> Chain {
-        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        // Port 0 lets anvil pick; it prints the port it got.
-        let (child, port) = spawn(0, &args);
-        Chain { child, port, args }
+        let binary = anvil_binary(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools"),
+        )
+        .unwrap();
+        Chain {
+            anvil: Anvil::start(&binary, args).unwrap(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.anvil.url()
     }
 
     /// Stops anvil the way a node is stopped (SIGTERM, so `--state` is written) and waits.
     pub fn stop(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap();
+        self.anvil.stop().unwrap();
     }
 
     /// Starts anvil again on the same port with the same arguments.
     pub fn restart(&mut self) {
-        let (child, port) = spawn(self.port, &self.args);
-        assert_eq!(port, self.port);
-        self.child = child;
+        self.anvil.restart().unwrap();
     }
 
     /// A provider without a wallet, for test-only RPCs.
@@ -159,38 +128,6 @@ impl Chain {
             .erased();
         SwarmCoordinator::new(contract, provider)
     }
-}
-
-impl Drop for Chain {
-    fn drop(&mut self) {
-        // Already gone after stop(); nothing to report either way.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(port: u16, args: &[String]) -> (Child, u16) {
-    let mut child = Command::new(anvil_binary())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", anvil_binary().display()));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("anvil exited before listening")
-            .unwrap();
-        if let Some(address) = line.strip_prefix("Listening on ") {
-            break address.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    // anvil logs every request to stdout: keep reading, so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, port)
 }
 
 pub fn signer(key: &MemberKey) -> swarm_ledger::PrivateKeySigner {

@@ -1,0 +1,149 @@
+//! A local anvil chain on 127.0.0.1, the EVM the tests (and a swarm on one machine) run against.
+//! The binary comes from `scripts/install-ledger-tools`, which says where it put it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// anvil's chain id unless told otherwise.
+pub const ANVIL_CHAIN_ID: u64 = 31337;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnvilError {
+    #[error("cannot run {script}: {reason}")]
+    Install { script: PathBuf, reason: String },
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{binary} exited before listening")]
+    NotListening { binary: PathBuf },
+    #[error("cannot stop anvil: {0}")]
+    Stop(#[source] std::io::Error),
+    #[error("anvil came back on port {found}, not {expected}")]
+    PortChanged { expected: u16, found: u16 },
+}
+
+/// The anvil binary: `$ANVIL` when set (the install script's `--env` output sets it), otherwise
+/// wherever `install_script` installs it.
+pub fn anvil_binary(install_script: &Path) -> Result<PathBuf, AnvilError> {
+    if let Some(path) = std::env::var_os("ANVIL") {
+        return Ok(PathBuf::from(path));
+    }
+    let failed = |reason: String| AnvilError::Install {
+        script: install_script.to_path_buf(),
+        reason,
+    };
+    let output = Command::new(install_script)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !output.status.success() {
+        return Err(failed(output.status.to_string()));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("ANVIL="))
+        .map(PathBuf::from)
+        .ok_or_else(|| failed("it printed no ANVIL= line".into()))
+}
+
+/// One anvil process on 127.0.0.1; killed when dropped.
+#[derive(Debug)]
+pub struct Anvil {
+    binary: PathBuf,
+    args: Vec<String>,
+    child: Child,
+    port: u16,
+}
+
+impl Anvil {
+    /// A fresh chain on a port anvil picks, with extra arguments (e.g. `--no-mining`).
+    pub fn start(binary: &Path, args: &[&str]) -> Result<Anvil, AnvilError> {
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        let (child, port) = spawn(binary, 0, &args)?;
+        Ok(Anvil {
+            binary: binary.to_path_buf(),
+            args,
+            child,
+            port,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops anvil the way a node is stopped (SIGTERM, so `--state` is written) and waits.
+    pub fn stop(&mut self) -> Result<(), AnvilError> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .map_err(AnvilError::Stop)?;
+        if !status.success() {
+            return Err(AnvilError::Stop(std::io::Error::other(status.to_string())));
+        }
+        self.child.wait().map_err(AnvilError::Stop)?;
+        Ok(())
+    }
+
+    /// Starts anvil again on the same port with the same arguments.
+    pub fn restart(&mut self) -> Result<(), AnvilError> {
+        let (child, port) = spawn(&self.binary, self.port, &self.args)?;
+        self.child = child;
+        if port != self.port {
+            return Err(AnvilError::PortChanged {
+                expected: self.port,
+                found: port,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        // Already gone after stop(); nothing to report either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts anvil on `port` (0: its choice) and reads the port it listens on from its banner.
+fn spawn(binary: &Path, port: u16, args: &[String]) -> Result<(Child, u16), AnvilError> {
+    let mut child = Command::new(binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| AnvilError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+    let not_listening = || AnvilError::NotListening {
+        binary: binary.to_path_buf(),
+    };
+    let stdout = child.stdout.take().ok_or_else(not_listening)?;
+    let mut lines = BufReader::new(stdout).lines();
+    let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+        line.strip_prefix("Listening on ")
+            .and_then(|address| address.rsplit(':').next()?.parse().ok())
+    });
+    let Some(port) = port else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(not_listening());
+    };
+    // anvil logs every request to stdout: keep reading, so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, port))
+}
