@@ -109,7 +109,7 @@ impl LocalSwarm {
             local_rollouts: 4,
             external_rollouts: 4,
             completions_per_question: 8,
-            learning_rate: 5e-4,
+            learning_rate: 2e-4,
             max_new_tokens: 16,
             micro_batch_size: 64,
             seed: Some(1),

@@ -85,7 +85,8 @@ struct SwarmArgs {
     /// Difficulty of the questions, 1 to 5; the embedded model learns level 1.
     #[arg(long, default_value_t = 1)]
     difficulty: u8,
-    #[arg(long, default_value_t = 5e-4)]
+    /// Adam learning rate; members drift apart (and peers' rollouts grow off-policy) faster above it.
+    #[arg(long, default_value_t = 2e-4)]
     learning_rate: f64,
     /// Most tokens per completion.
     #[arg(long, default_value_t = 16)]
@@ -107,10 +108,10 @@ struct LocalArgs {
     #[arg(long, default_value_t = 4)]
     members: usize,
     /// Rounds to train.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 100)]
     rounds: u64,
     /// Length of a round on the wall clock; every member must sample and train within it.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     round_seconds: u32,
     #[command(flatten)]
     swarm: SwarmArgs,
