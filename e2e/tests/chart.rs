@@ -115,11 +115,14 @@ fn optional_monitoring_and_network_policy_render() {
             "metrics.serviceMonitor.enabled=true",
             "--set",
             "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.ledgerRpcPorts={8545}",
         ],
     );
     let kinds = objects(&rendered);
     assert!(kinds.iter().any(|(k, _)| k == "ServiceMonitor"));
     assert!(kinds.iter().any(|(k, _)| k == "NetworkPolicy"));
+    assert!(rendered.contains("port: 8545"), "{rendered}");
 }
 
 #[test]
@@ -131,6 +134,7 @@ fn values_schema_rejects_wrong_values_with_clear_messages() {
         ("scope=everywhere", "scope"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("adminPort=80", "adminPort"),
+        ("networkPolicy.ledgerRpcPorts={0}", "ledgerRpcPorts"),
         ("unknownKey=1", "unknownKey"),
     ] {
         let output = env.try_run(
