@@ -46,6 +46,20 @@ pub struct NodeConfig {
     pub rounds: RoundsConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<CheckpointConfig>,
+    /// The swarm's ledger, once its contract is known: each member submits its reward and winners
+    /// there from its own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// JSON-RPC endpoint; it may carry an API key, so nodes never log more than its host.
+    pub rpc_url: String,
+    pub chain_id: u64,
+    /// The coordinator contract, `0x` and 40 hex digits.
+    pub contract_address: String,
 }
 
 /// Which Swarm object this configuration was rendered from.
@@ -367,6 +381,7 @@ mod tests {
                 dir: "/var/lib/swarm-node/checkpoints".into(),
                 every_rounds: 10,
             }),
+            ledger: None,
         }
     }
 

@@ -260,6 +260,7 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
                 dir: member.dir.join("checkpoints").display().to_string(),
                 every_rounds: swarm.checkpoint_every,
             }),
+            ledger: None,
         };
         let child = spawn(member, &config, binary, events.clone())?;
         children.push(member, child);

@@ -35,6 +35,7 @@ use tch::Device;
 use crate::Startup;
 use crate::clock::RoundClock;
 use crate::exchange::{AdoptLimits, adopt, share};
+use crate::ledger::{LedgerReporter, LedgerSetupError, RoundSubmission};
 use crate::report::{Finished, NodeEvent, RoundReport, Started};
 
 /// Share of a round after which gathering stops and training starts, whoever has not published
@@ -49,6 +50,8 @@ const ROUND_WINDOW: u64 = 1;
 /// Messages one peer may send per round: a round's rollouts are split into several messages when
 /// they exceed the size limit.
 const MESSAGES_PER_PEER_PER_ROUND: u32 = 8;
+/// How long a member that is done waits for its last rounds to be recorded on the ledger.
+const LEDGER_DRAIN: Duration = Duration::from_secs(30);
 /// Checkpoints kept on disk: the newest, and one to fall back to if it is damaged.
 const CHECKPOINTS_KEPT: usize = 2;
 
@@ -77,6 +80,8 @@ pub enum NodeError {
     Report(#[source] std::io::Error),
     #[error("the model config lists no end-of-sequence token")]
     NoEndToken,
+    #[error(transparent)]
+    Ledger(#[from] LedgerSetupError),
 }
 
 /// How this process runs the member, beyond the mounted config.
@@ -136,6 +141,11 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
     let (network, incoming) = runtime.block_on(Network::start(network_config))?;
     let inbox = Arc::new(Mutex::new(Inbox::default()));
     runtime.spawn(file_messages(incoming, Arc::clone(&inbox)));
+    let ledger = config
+        .ledger
+        .as_ref()
+        .map(|ledger| LedgerReporter::start(runtime.handle(), ledger, &startup.key))
+        .transpose()?;
     let listen = runtime.block_on(network.listen_addrs());
     NodeEvent::Started(Started {
         member: startup.member.clone(),
@@ -171,6 +181,7 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
         sampler: Sampler::new(),
         network,
         inbox,
+        ledger,
         runtime,
         config: config.clone(),
     };
@@ -181,6 +192,11 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
     })
     .emit(out)
     .map_err(NodeError::Report)?;
+    if let Some(ledger) = &member.ledger
+        && !member.runtime.block_on(ledger.drain(LEDGER_DRAIN))
+    {
+        tracing::warn!("some rounds are still not recorded on the ledger");
+    }
     if !options.exit_when_done {
         tracing::info!("last round done; staying up for the swarm's peers");
         member.runtime.block_on(std::future::pending::<()>());
@@ -390,6 +406,7 @@ struct Member {
     sampler: Sampler,
     network: Network,
     inbox: Arc<Mutex<Inbox>>,
+    ledger: Option<LedgerReporter>,
     runtime: tokio::runtime::Runtime,
     config: NodeConfig,
 }
@@ -478,6 +495,14 @@ impl Member {
         let train_seconds = started.elapsed().as_secs_f64();
 
         let stats = RewardStats::of(&local);
+        if let Some(ledger) = &self.ledger {
+            ledger.submit(RoundSubmission {
+                round,
+                reward: stats.mean_reward,
+                winners: vec![winner(self.peer_id, stats.mean_reward, &external.by_author)],
+            });
+        }
+        let ledger_progress = self.ledger.as_ref().map(LedgerReporter::progress);
         Ok(RoundReport {
             member: self.name.clone(),
             round,
@@ -514,6 +539,8 @@ impl Member {
                 .collect(),
             skipped_rounds,
             checkpointed,
+            ledger_pending: ledger_progress.map(|(pending, _)| pending),
+            ledger_recorded: ledger_progress.map(|(_, recorded)| recorded),
         })
     }
 
@@ -572,8 +599,12 @@ impl Member {
             for shared in groups {
                 external.received += 1;
                 match adopt(shared, &self.tokenizer, self.end_token, self.adopt_limits) {
-                    Ok(group) if group.has_signal() => external.with_signal.push(group),
-                    Ok(_) => {}
+                    Ok(group) => {
+                        external.credit(*author, &group);
+                        if group.has_signal() {
+                            external.with_signal.push(group);
+                        }
+                    }
                     Err(err) => {
                         tracing::debug!(peer = %author, %err, "cannot use a peer's group");
                         external.dropped += 1;
@@ -611,6 +642,40 @@ struct External {
     peers: usize,
     with_signal: Vec<Group>,
     dropped: usize,
+    /// Per peer: the sum of its completions' rewards as re-scored here, and their number.
+    by_author: Vec<(PeerId, f64, usize)>,
+}
+
+impl External {
+    fn credit(&mut self, author: PeerId, group: &Group) {
+        let rewards = group.rewards();
+        let sum: f64 = rewards.iter().map(|r| f64::from(*r)).sum();
+        match self
+            .by_author
+            .iter_mut()
+            .find(|(peer, _, _)| *peer == author)
+        {
+            Some((_, total, count)) => {
+                *total += sum;
+                *count += rewards.len();
+            }
+            None => self.by_author.push((author, sum, rewards.len())),
+        }
+    }
+}
+
+/// The round's winner as this member saw it: whoever's completions (its own, or a peer's as
+/// re-scored here) earned the highest mean reward; itself on a tie, so a vote is never wasted
+/// on a peer that did no better.
+fn winner(me: PeerId, own_reward: f64, by_author: &[(PeerId, f64, usize)]) -> String {
+    let mut best = (me, own_reward);
+    for (peer, total, count) in by_author {
+        let mean = total / (*count).max(1) as f64;
+        if mean > best.1 {
+            best = (*peer, mean);
+        }
+    }
+    best.0.to_string()
 }
 
 /// Up to `count` of `groups`, drawn without replacement.
@@ -763,6 +828,15 @@ mod tests {
         assert_ne!(a, member_seed(1, "demo-1"));
         assert_ne!(a, member_seed(2, "demo-0"));
         assert_ne!(round_seed(a, 0), round_seed(a, 1));
+    }
+
+    #[test]
+    fn the_winner_is_the_best_mean_reward_and_ties_go_to_the_voter() {
+        let (me, a, b) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let seen = [(a, 3.0, 8), (b, 6.0, 8)];
+        assert_eq!(winner(me, 0.5, &seen), b.to_string());
+        assert_eq!(winner(me, 0.75, &seen), me.to_string());
+        assert_eq!(winner(me, 0.0, &[]), me.to_string());
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub struct RoundReport {
     /// Rounds passed over since the previous report because the node fell behind.
     pub skipped_rounds: u64,
     pub checkpointed: bool,
+    /// With a ledger: rounds whose reward and winner wait to be recorded, and rounds recorded
+    /// since the node started.
+    pub ledger_pending: Option<usize>,
+    pub ledger_recorded: Option<u64>,
 }
 
 impl NodeEvent {

@@ -104,6 +104,7 @@ fn sample_config() -> NodeConfig {
             max_rounds: None,
         },
         checkpoints: None,
+        ledger: None,
     }
 }
 

@@ -18,8 +18,8 @@ use jiff::{SignedDuration, Timestamp};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use swarm_node::report::{NodeEvent, RoundReport, Started};
 use swarm_node_config::{
-    CONFIG_VERSION, CheckpointConfig, Dtype, ModelConfig, NodeConfig, P2pConfig, RoundsConfig,
-    SwarmRef, TaskFamily, TaskWeight, TrainingConfig,
+    CONFIG_VERSION, CheckpointConfig, Dtype, LedgerConfig, ModelConfig, NodeConfig, P2pConfig,
+    RoundsConfig, SwarmRef, TaskFamily, TaskWeight, TrainingConfig,
 };
 
 const ROUND_SECONDS: u32 = 3;
@@ -54,6 +54,7 @@ struct Swarm {
     start_time: Timestamp,
     max_rounds: u64,
     members: Vec<Member>,
+    ledger: Option<LedgerConfig>,
 }
 
 struct Member {
@@ -65,10 +66,19 @@ struct Member {
 impl Swarm {
     /// `size` members whose round 0 starts a few seconds from now.
     fn new(size: usize, max_rounds: u64) -> Swarm {
-        let members = (0..size)
-            .map(|i| Member {
+        Swarm::with_keys(
+            (0..size).map(|_| MemberKey::generate()).collect(),
+            max_rounds,
+        )
+    }
+
+    fn with_keys(keys: Vec<MemberKey>, max_rounds: u64) -> Swarm {
+        let members = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| Member {
                 name: format!("node-{i}"),
-                key: MemberKey::generate(),
+                key,
                 port: free_port(),
             })
             .collect();
@@ -80,6 +90,7 @@ impl Swarm {
                 .unwrap(),
             max_rounds,
             members,
+            ledger: None,
         }
     }
 
@@ -144,6 +155,7 @@ impl Swarm {
                 dir: self.dir(index).join("checkpoints").display().to_string(),
                 every_rounds: 1,
             }),
+            ledger: self.ledger.clone(),
         }
     }
 
@@ -393,6 +405,98 @@ fn a_rogue_peer_is_scored_down_while_the_others_train() {
             }
         }
     }
+}
+
+/// anvil's first four development accounts (funded at start): the contract's owner, then three
+/// members. Well known, so never anything but test keys.
+const DEV_KEYS: [&str; 4] = [
+    "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+];
+
+#[test]
+fn members_record_rewards_and_winners_on_the_ledger() {
+    use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
+    use swarm_ledger::{Address, LedgerClient, LedgerOptions, member_signer};
+
+    let _lock = one_at_a_time();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools");
+    let anvil = Anvil::start(&anvil_binary(&script).unwrap(), &[]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let owner = MemberKey::from_hex(DEV_KEYS[0]).unwrap();
+    let operator = runtime.block_on(async {
+        let signer = || member_signer(&owner).unwrap();
+        let options = LedgerOptions::default();
+        let contract =
+            LedgerClient::deploy(&anvil.url(), ANVIL_CHAIN_ID, signer(), options.clone())
+                .await
+                .unwrap();
+        LedgerClient::connect(&anvil.url(), ANVIL_CHAIN_ID, signer(), contract, options)
+            .await
+            .unwrap()
+    });
+    let contract = operator.contract();
+    let keys: Vec<MemberKey> = DEV_KEYS[1..]
+        .iter()
+        .map(|k| MemberKey::from_hex(k).unwrap())
+        .collect();
+    let accounts: Vec<Address> = keys.iter().map(|k| k.address().parse().unwrap()).collect();
+    // Only the first two are registered before the swarm starts: the third's submissions wait
+    // until the operator registers it.
+    for (key, account) in keys.iter().zip(&accounts).take(2) {
+        runtime
+            .block_on(operator.register_member(*account, &key.peer_id_string()))
+            .unwrap();
+    }
+    let mut swarm = Swarm::with_keys(keys, 5);
+    swarm.ledger = Some(LedgerConfig {
+        rpc_url: anvil.url(),
+        chain_id: ANVIL_CHAIN_ID,
+        contract_address: contract.to_string(),
+    });
+    let mut nodes: Vec<Node> = (0..3).map(|i| swarm.start(i)).collect();
+    // The contract stays at round 0 while the members train round 1: their submissions for it
+    // are deferred, not lost.
+    nodes[0].wait_round(1, swarm_timeout(2));
+    let key = &swarm.members[2].key;
+    runtime
+        .block_on(operator.register_member(accounts[2], &key.peer_id_string()))
+        .unwrap();
+    for round in 0..5 {
+        runtime.block_on(operator.advance_round(round)).unwrap();
+    }
+    for node in &mut nodes {
+        node.wait_finished(swarm_timeout(5));
+        let last = node.rounds.last().unwrap();
+        assert_eq!(last.ledger_recorded.map(|r| r + 1), Some(5), "{last:?}");
+    }
+    let peer_ids: Vec<String> = swarm
+        .members
+        .iter()
+        .map(|m| m.key.peer_id_string())
+        .collect();
+    let mut wins = 0;
+    for (node, account) in nodes.iter().zip(&accounts) {
+        for report in &node.rounds {
+            let recorded = runtime
+                .block_on(operator.submission(report.round, *account))
+                .unwrap();
+            let expected = swarm_node::ledger::scaled_reward(report.reward);
+            assert_eq!(recorded.reward, Some(expected), "round {}", report.round);
+            assert!(recorded.winners_submitted, "round {}", report.round);
+        }
+    }
+    for peer_id in &peer_ids {
+        let member = runtime
+            .block_on(operator.member_by_peer_id(peer_id))
+            .unwrap()
+            .unwrap();
+        wins += member.wins;
+    }
+    let rounds: usize = nodes.iter().map(|n| n.rounds.len()).sum();
+    assert_eq!(wins, rounds as u64, "one winner per member and round");
 }
 
 /// A peer that speaks the protocol but sends what no honest member would.

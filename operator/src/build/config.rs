@@ -3,13 +3,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use swarm_node_config::{
-    CONFIG_FILE, CONFIG_VERSION, CheckpointConfig, ConfigError, ModelConfig, NodeConfig, P2pConfig,
-    RoundsConfig, SwarmRef,
+    CONFIG_FILE, CONFIG_VERSION, CheckpointConfig, ConfigError, LedgerConfig, ModelConfig,
+    NodeConfig, P2pConfig, RoundsConfig, SwarmRef,
 };
 
 use super::pod::{CHECKPOINT_DIR, MODEL_MOUNT};
 use super::{owner_ref, swarm_labels};
 use crate::api::Swarm;
+use crate::ledger::ledger_target;
 
 /// Checkpoint interval when the Swarm declares no checkpoint volume (the node still checkpoints to its
 /// scratch volume, which survives container restarts).
@@ -79,6 +80,14 @@ pub fn build_node_config(swarm: &Swarm, bootstrap_peers: Vec<String>) -> NodeCon
                 .as_ref()
                 .and_then(|c| u32::try_from(c.every_rounds).ok())
                 .unwrap_or(DEFAULT_CHECKPOINT_ROUNDS),
+        }),
+        // Only once the contract is known: a node cannot submit before the operator has deployed it.
+        ledger: ledger_target(swarm).ok().flatten().and_then(|target| {
+            Some(LedgerConfig {
+                contract_address: target.contract?.to_string(),
+                rpc_url: target.rpc_url,
+                chain_id: target.chain_id,
+            })
         }),
     }
 }
@@ -153,6 +162,41 @@ mod tests {
         assert_eq!(parsed.rounds.max_rounds, Some(500));
         assert_eq!(parsed.rounds.start_time, created);
         assert_eq!(parsed.checkpoints.unwrap().every_rounds, 10);
+    }
+
+    #[test]
+    fn ledger_reaches_the_node_once_the_contract_is_known() {
+        use crate::api::{DeployContract, LedgerContract, LedgerSpec, SecretKeyRef};
+        let mut swarm = fixtures::swarm(1);
+        swarm.spec.ledger = Some(LedgerSpec {
+            rpc_url: "http://127.0.0.1:8545".into(),
+            chain_id: 31337,
+            contract: LedgerContract {
+                address: None,
+                deploy: Some(DeployContract {}),
+            },
+            operator_key_secret: SecretKeyRef {
+                name: "ledger-operator".into(),
+                key: "private-key".into(),
+            },
+            member_funding: None,
+        });
+        assert_eq!(build_node_config(&swarm, vec![]).ledger, None);
+        let address = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+        if let Some(ledger) = swarm.spec.ledger.as_mut() {
+            ledger.contract = LedgerContract {
+                address: Some(address.into()),
+                deploy: None,
+            };
+        }
+        assert_eq!(
+            build_node_config(&swarm, vec![]).ledger,
+            Some(LedgerConfig {
+                rpc_url: "http://127.0.0.1:8545".into(),
+                chain_id: 31337,
+                contract_address: address.into(),
+            })
+        );
     }
 
     #[test]
