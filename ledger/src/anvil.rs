@@ -57,19 +57,27 @@ pub struct Anvil {
     args: Vec<String>,
     child: Child,
     port: u16,
+    dev_keys: Vec<String>,
 }
 
 impl Anvil {
     /// A fresh chain on a port anvil picks, with extra arguments (e.g. `--no-mining`).
     pub fn start(binary: &Path, args: &[&str]) -> Result<Anvil, AnvilError> {
         let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
-        let (child, port) = spawn(binary, 0, &args)?;
+        let (child, port, dev_keys) = spawn(binary, 0, &args)?;
         Ok(Anvil {
             binary: binary.to_path_buf(),
             args,
             child,
             port,
+            dev_keys,
         })
+    }
+
+    /// The private keys (64 hex digits) of the funded development accounts anvil printed at start,
+    /// in its order. Everyone knows them: they are for local chains only.
+    pub fn dev_keys(&self) -> &[String] {
+        &self.dev_keys
     }
 
     pub fn port(&self) -> u16 {
@@ -95,7 +103,7 @@ impl Anvil {
 
     /// Starts anvil again on the same port with the same arguments.
     pub fn restart(&mut self) -> Result<(), AnvilError> {
-        let (child, port) = spawn(&self.binary, self.port, &self.args)?;
+        let (child, port, _) = spawn(&self.binary, self.port, &self.args)?;
         self.child = child;
         if port != self.port {
             return Err(AnvilError::PortChanged {
@@ -115,8 +123,13 @@ impl Drop for Anvil {
     }
 }
 
-/// Starts anvil on `port` (0: its choice) and reads the port it listens on from its banner.
-fn spawn(binary: &Path, port: u16, args: &[String]) -> Result<(Child, u16), AnvilError> {
+/// Starts anvil on `port` (0: its choice) and reads from its banner the development keys and the
+/// port it listens on.
+fn spawn(
+    binary: &Path,
+    port: u16,
+    args: &[String],
+) -> Result<(Child, u16, Vec<String>), AnvilError> {
     let mut child = Command::new(binary)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(args)
@@ -134,7 +147,11 @@ fn spawn(binary: &Path, port: u16, args: &[String]) -> Result<(Child, u16), Anvi
     };
     let stdout = child.stdout.take().ok_or_else(not_listening)?;
     let mut lines = BufReader::new(stdout).lines();
+    let mut dev_keys = Vec::new();
     let port = lines.by_ref().map_while(Result::ok).find_map(|line| {
+        if let Some(key) = dev_key(&line) {
+            dev_keys.push(key);
+        }
         line.strip_prefix("Listening on ")
             .and_then(|address| address.rsplit(':').next()?.parse().ok())
     });
@@ -145,5 +162,32 @@ fn spawn(binary: &Path, port: u16, args: &[String]) -> Result<(Child, u16), Anvi
     };
     // anvil logs every request to stdout: keep reading, so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    Ok((child, port))
+    Ok((child, port, dev_keys))
+}
+
+/// The key of a banner line `(3) 0x<64 hex digits>`.
+fn dev_key(line: &str) -> Option<String> {
+    let (index, key) = line.trim().split_once(' ')?;
+    let numbered = index.starts_with('(') && index.ends_with(')');
+    let hex = key.strip_prefix("0x")?;
+    (numbered && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_keys_are_recognised_and_addresses_are_not() {
+        let key = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+        assert_eq!(dev_key(&format!("(0) 0x{key}")), Some(key.to_owned()));
+        assert_eq!(
+            dev_key(
+                "(0) 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 (10000.000000000000000000 ETH)"
+            ),
+            None
+        );
+        assert_eq!(dev_key("Listening on 127.0.0.1:8545"), None);
+    }
 }

@@ -186,7 +186,11 @@ mod tests {
         Arm {
             local,
             external,
-            outcome: Outcome { members, reports },
+            outcome: Outcome {
+                members,
+                reports,
+                ledger: None,
+            },
         }
     }
 

@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod experiment;
 pub mod ledger;
 pub mod local;
+pub mod local_chain;
 pub mod member;
 pub mod report;
 

@@ -21,6 +21,8 @@ use swarm_node_config::{
     RoundsConfig, SwarmRef, TaskFamily, TaskWeight, TrainingConfig,
 };
 
+use crate::clock::RoundClock;
+use crate::local_chain::{ChainError, LocalChain, MemberTotals};
 use crate::report::{NodeEvent, RoundReport};
 
 /// The base model of local swarms: the tiny Qwen2 that `rl/examples/make-learning-base.rs` warms
@@ -75,6 +77,8 @@ pub enum LocalError {
     Chart(#[from] swarm_chart::ChartError),
     #[error("{0}")]
     Invalid(String),
+    #[error("local ledger: {0}")]
+    Chain(#[from] ChainError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
@@ -98,6 +102,8 @@ pub struct LocalSwarm {
     pub out: PathBuf,
     /// Print a progress line per round.
     pub progress: bool,
+    /// The anvil binary: with it the swarm gets a local ledger (see [`crate::local_chain`]).
+    pub anvil: Option<PathBuf>,
 }
 
 impl LocalSwarm {
@@ -137,11 +143,13 @@ impl LocalSwarm {
     }
 }
 
-/// Every member's reports, in arrival order.
+/// Every member's reports, in arrival order, and what the ledger recorded.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub members: Vec<String>,
     pub reports: Vec<RoundReport>,
+    /// Per member, in member order, when the swarm had a ledger.
+    pub ledger: Option<Vec<MemberTotals>>,
 }
 
 impl Outcome {
@@ -201,6 +209,17 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
         Some(dir) => dir.clone(),
         None => write_base_model(&swarm.out.join("model"))?,
     };
+    let mut chain = swarm
+        .anvil
+        .as_deref()
+        .map(|binary| LocalChain::start(binary, swarm.members))
+        .transpose()?;
+    // With a ledger the members are anvil's funded accounts, registered on the contract.
+    let mut keys = chain
+        .as_mut()
+        .map(LocalChain::take_member_keys)
+        .unwrap_or_default()
+        .into_iter();
     let members = (0..swarm.members)
         .map(|i| {
             let name = format!("local-{i}");
@@ -208,7 +227,7 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
                 dir: swarm.out.join("members").join(&name),
                 name,
                 port: free_port()?,
-                key: MemberKey::generate(),
+                key: keys.next().unwrap_or_else(MemberKey::generate),
             })
         })
         .collect::<Result<Vec<_>, LocalError>>()?;
@@ -260,17 +279,24 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
                 dir: member.dir.join("checkpoints").display().to_string(),
                 every_rounds: swarm.checkpoint_every,
             }),
-            ledger: None,
+            ledger: chain.as_ref().map(LocalChain::config),
         };
         let child = spawn(member, &config, binary, events.clone())?;
         children.push(member, child);
     }
     drop(events);
 
+    let round_keeper = chain.as_ref().map(|chain| {
+        chain.keep_rounds(RoundClock::new(
+            start_time,
+            Duration::from_secs(u64::from(swarm.round_seconds)),
+        ))
+    });
     let mut progress = Progress::new(&members, swarm.progress);
     let mut outcome = Outcome {
         members: members.iter().map(|m| m.name.clone()).collect(),
         reports: Vec::new(),
+        ledger: None,
     };
     for (index, event) in arrivals {
         match event {
@@ -290,6 +316,8 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
     }
     progress.flush();
     children.wait()?;
+    drop(round_keeper);
+    outcome.ledger = chain.as_ref().map(LocalChain::totals).transpose()?;
 
     write_metrics(&swarm.out, &outcome)?;
     write_chart(&swarm.out.join("reward.png"), &outcome)?;
@@ -589,5 +617,14 @@ pub fn summary(outcome: &Outcome) -> String {
         "cumulative reward (sum over members and rounds): {:.2}\n",
         outcome.cumulative_reward()
     ));
+    if let Some(totals) = &outcome.ledger {
+        text.push_str("on the ledger:\n");
+        for (member, recorded) in outcome.members.iter().zip(totals) {
+            text.push_str(&format!(
+                "{member:<11} {:>3} rounds recorded, total reward {:.3}, named winner {} times\n",
+                recorded.rewards_recorded, recorded.total_reward, recorded.wins
+            ));
+        }
+    }
     text
 }

@@ -124,6 +124,13 @@ struct LocalArgs {
     /// Output directory: metrics.csv, metrics.json, reward.png, members' logs.
     #[arg(long, default_value = "local-swarm")]
     out: PathBuf,
+    /// The anvil binary for the swarm's local ledger (scripts/local-swarm sets ANVIL); without it
+    /// the swarm runs without a ledger.
+    #[arg(long, env = "ANVIL")]
+    anvil: Option<PathBuf>,
+    /// Run without a ledger even when anvil is available.
+    #[arg(long)]
+    no_ledger: bool,
 }
 
 #[derive(Args, Clone)]
@@ -239,6 +246,7 @@ fn swarm(
     training.max_new_tokens = args.max_new_tokens;
     training.seed = Some(args.seed);
     Ok(LocalSwarm {
+        anvil: None,
         members: shape.members,
         rounds: shape.rounds,
         round_seconds: shape.round_seconds,
@@ -277,12 +285,18 @@ fn run_local(args: LocalArgs) -> ExitCode {
     }
     swarm.training.local_rollouts = args.local;
     swarm.training.external_rollouts = args.external;
+    swarm.anvil = args.anvil.filter(|_| !args.no_ledger);
     let binary = match current_exe() {
         Ok(binary) => binary,
         Err(code) => return code,
     };
+    let ledger = if swarm.anvil.is_some() {
+        "a local anvil ledger"
+    } else {
+        "no ledger"
+    };
     println!(
-        "local swarm: {} members, {} rounds of {} s, I/J/G = {}/{}/{}, output in {}",
+        "local swarm: {} members, {} rounds of {} s, I/J/G = {}/{}/{}, {ledger}, output in {}",
         swarm.members,
         swarm.rounds,
         swarm.round_seconds,

@@ -499,6 +499,49 @@ fn members_record_rewards_and_winners_on_the_ledger() {
     assert_eq!(wins, rounds as u64, "one winner per member and round");
 }
 
+#[test]
+fn the_local_swarm_command_trains_and_records_on_its_ledger() {
+    use swarm_ledger::anvil::anvil_binary;
+
+    let _lock = one_at_a_time();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools");
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_swarm-node"))
+        .args([
+            "local",
+            "--members",
+            "2",
+            "--rounds",
+            "3",
+            "--round-seconds",
+            "3",
+        ])
+        .args(["--questions", "4", "--group-size", "4", "--out"])
+        .arg(out.path())
+        .env("ANVIL", anvil_binary(&script).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("a local anvil ledger"), "{stdout}");
+    for member in ["local-0", "local-1"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(member) && l.contains(" 3 rounds recorded")),
+            "no ledger line for {member} in:\n{stdout}"
+        );
+    }
+    let csv = std::fs::read_to_string(out.path().join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 3, "{csv}");
+    let png = std::fs::read(out.path().join("reward.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "reward.png is not a PNG");
+}
+
 /// A peer that speaks the protocol but sends what no honest member would.
 mod rogue {
     use super::*;
