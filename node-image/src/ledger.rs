@@ -62,6 +62,8 @@ struct Progress {
     /// Rounds handed to the task, and rounds it is done with (recorded, refused or given up).
     queued: AtomicU64,
     settled: AtomicU64,
+    /// The contract's round when last read.
+    ledger_round: AtomicU64,
 }
 
 impl LedgerReporter {
@@ -114,11 +116,13 @@ impl LedgerReporter {
         }
     }
 
-    /// Rounds waiting to be recorded, and rounds recorded since start.
-    pub fn progress(&self) -> (usize, u64) {
+    /// Rounds waiting to be recorded, rounds recorded since start, and the contract's round when
+    /// last read.
+    pub fn progress(&self) -> (usize, u64, u64) {
         (
             self.progress.pending.load(Ordering::Relaxed),
             self.progress.recorded.load(Ordering::Relaxed),
+            self.progress.ledger_round.load(Ordering::Relaxed),
         )
     }
 }
@@ -207,6 +211,17 @@ impl Submitter {
         let Some(client) = &self.client else {
             return Attempt::Later;
         };
+        // The contract's round says which rounds it accepts: a later one waits for the operator to
+        // advance it, without a transaction the contract would refuse.
+        match client.current_round().await {
+            Ok(current) => {
+                self.progress.ledger_round.store(current, Ordering::Relaxed);
+                if submission.round > current {
+                    return Attempt::Later;
+                }
+            }
+            Err(error) => return self.judge(submission.round, &error),
+        }
         // Both calls are idempotent: a round whose reward landed before a failure is not sent again.
         let reward = scaled_reward(submission.reward);
         if let Err(error) = client.submit_reward(submission.round, reward).await {

@@ -539,8 +539,9 @@ impl Member {
                 .collect(),
             skipped_rounds,
             checkpointed,
-            ledger_pending: ledger_progress.map(|(pending, _)| pending),
-            ledger_recorded: ledger_progress.map(|(_, recorded)| recorded),
+            ledger_pending: ledger_progress.map(|(pending, _, _)| pending),
+            ledger_recorded: ledger_progress.map(|(_, recorded, _)| recorded),
+            ledger_round: ledger_progress.map(|(_, _, round)| round),
         })
     }
 

@@ -72,6 +72,8 @@ pub struct RoundReport {
     /// since the node started.
     pub ledger_pending: Option<usize>,
     pub ledger_recorded: Option<u64>,
+    /// With a ledger: the contract's current round when the node last read it.
+    pub ledger_round: Option<u64>,
 }
 
 impl NodeEvent {

@@ -471,6 +471,13 @@ fn members_record_rewards_and_winners_on_the_ledger() {
         node.wait_finished(swarm_timeout(5));
         let last = node.rounds.last().unwrap();
         assert_eq!(last.ledger_recorded.map(|r| r + 1), Some(5), "{last:?}");
+        // Read from the contract: 0 while the members trained round 1, 5 once advanced.
+        assert!(
+            node.rounds.iter().any(|r| r.ledger_round == Some(0)),
+            "{:?}",
+            node.rounds
+        );
+        assert_eq!(last.ledger_round, Some(5), "{last:?}");
     }
     let peer_ids: Vec<String> = swarm
         .members
