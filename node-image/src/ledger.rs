@@ -48,6 +48,11 @@ pub fn scaled_reward(reward: f64) -> I256 {
     I256::try_from((reward.clamp(0.0, 1.0) * REWARD_SCALE).round() as i64).unwrap_or(I256::ZERO)
 }
 
+/// A recorded reward (or total of rewards) back in reward units.
+pub fn unscaled_reward(recorded: I256) -> f64 {
+    i128::try_from(recorded).map_or(0.0, |millionths| millionths as f64 / REWARD_SCALE)
+}
+
 /// Handle to the submitting task.
 #[derive(Debug, Clone)]
 pub struct LedgerReporter {
@@ -264,5 +269,6 @@ mod tests {
         assert_eq!(scaled_reward(1.0), I256::try_from(1_000_000).unwrap());
         assert_eq!(scaled_reward(-3.0), I256::ZERO);
         assert_eq!(scaled_reward(f64::NAN), I256::ZERO);
+        assert_eq!(unscaled_reward(scaled_reward(0.25)), 0.25);
     }
 }

@@ -250,7 +250,7 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
 
     let (events, arrivals) = mpsc::channel();
     let mut children = Children::default();
-    for member in &members {
+    for (index, member) in members.iter().enumerate() {
         let config = NodeConfig {
             version: CONFIG_VERSION,
             swarm: SwarmRef {
@@ -281,7 +281,7 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
             }),
             ledger: chain.as_ref().map(LocalChain::config),
         };
-        let child = spawn(member, &config, binary, events.clone())?;
+        let child = spawn(index, member, &config, binary, events.clone())?;
         children.push(member, child);
     }
     drop(events);
@@ -335,7 +335,7 @@ fn write_base_model(dir: &Path) -> Result<PathBuf, LocalError> {
 
 /// A port free for both TCP and UDP (the member listens with TCP and QUIC on it). Another
 /// process could take it before the member binds; on one developer machine that is unlikely.
-fn free_port() -> Result<u16, LocalError> {
+pub fn free_port() -> Result<u16, LocalError> {
     for _ in 0..32 {
         let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(LocalError::Port)?;
         let port = tcp.local_addr().map_err(LocalError::Port)?.port();
@@ -348,7 +348,9 @@ fn free_port() -> Result<u16, LocalError> {
     )))
 }
 
+/// Starts `member`, whose events arrive on `events` tagged with `index`.
 fn spawn(
+    index: usize,
     member: &Member,
     config: &NodeConfig,
     binary: &Path,
@@ -389,7 +391,6 @@ fn spawn(
         .stderr(log)
         .spawn()
         .map_err(spawn_error)?;
-    let index = member_index(&member.name);
     if let Some(stdout) = child.stdout.take() {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -402,13 +403,6 @@ fn spawn(
         });
     }
     Ok(child)
-}
-
-fn member_index(name: &str) -> usize {
-    name.rsplit('-')
-        .next()
-        .and_then(|i| i.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Writes a file only its owner can read: it holds a private key.

@@ -14,6 +14,7 @@ use swarm_node_config::LedgerConfig;
 use tokio::sync::oneshot;
 
 use crate::clock::RoundClock;
+use crate::ledger::unscaled_reward;
 
 /// How often the round keeper compares the contract's round with the clock's.
 const ROUND_CHECK: Duration = Duration::from_millis(200);
@@ -150,8 +151,7 @@ impl LocalChain {
             for peer_id in &self.member_peer_ids {
                 if let Some(member) = self.operator.member_by_peer_id(peer_id).await? {
                     totals.push(MemberTotals {
-                        total_reward: i128::try_from(member.total_reward).unwrap_or(0) as f64
-                            / 1_000_000.0,
+                        total_reward: unscaled_reward(member.total_reward),
                         rewards_recorded: member.reward_submissions,
                         wins: member.wins,
                         peer_id: peer_id.clone(),

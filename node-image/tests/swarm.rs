@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
+use swarm_node::local::free_port;
 use swarm_node::report::{NodeEvent, RoundReport, Started};
 use swarm_node_config::{
     CONFIG_VERSION, CheckpointConfig, Dtype, LedgerConfig, ModelConfig, NodeConfig, P2pConfig,
@@ -35,17 +35,6 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../rl/fixtures/learning-base")
-}
-
-/// A port free for TCP and UDP alike.
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 struct Swarm {
@@ -79,12 +68,12 @@ impl Swarm {
             .map(|(i, key)| Member {
                 name: format!("node-{i}"),
                 key,
-                port: free_port(),
+                port: free_port().unwrap(),
             })
             .collect();
         Swarm {
             root: tempfile::tempdir().unwrap(),
-            uid: format!("test-{}", free_port()),
+            uid: format!("test-{}", free_port().unwrap()),
             start_time: Timestamp::now()
                 .checked_add(SignedDuration::from_secs(4))
                 .unwrap(),
