@@ -15,6 +15,9 @@ use swarm_ledger::{
 };
 use swarm_node_config::LedgerConfig;
 use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::metrics::{LedgerOutcome, NodeMetrics};
 
 /// Rounds whose submissions wait at most; the oldest are given up beyond it, so a ledger that is
 /// gone for good costs bounded memory.
@@ -78,6 +81,7 @@ impl LedgerReporter {
         runtime: &tokio::runtime::Handle,
         config: &LedgerConfig,
         key: &MemberKey,
+        metrics: NodeMetrics,
     ) -> Result<LedgerReporter, LedgerSetupError> {
         let contract: Address = config
             .contract_address
@@ -94,6 +98,7 @@ impl LedgerReporter {
             client: None,
             pending: VecDeque::new(),
             progress: Arc::clone(&progress),
+            metrics,
         };
         runtime.spawn(task.run(incoming));
         tracing::info!(rpc = %display_url(&config.rpc_url), %contract, "submitting to the ledger");
@@ -140,6 +145,7 @@ struct Submitter {
     client: Option<LedgerClient>,
     pending: VecDeque<RoundSubmission>,
     progress: Arc<Progress>,
+    metrics: NodeMetrics,
 }
 
 /// What became of one attempt at a round's submissions.
@@ -168,6 +174,7 @@ impl Submitter {
                 {
                     tracing::warn!(round = dropped.round, "giving up a ledger submission");
                     self.progress.settled.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.ledger_settled(LedgerOutcome::GivenUp);
                 }
                 self.pending.push_back(submission);
             } else if incoming.is_closed() && self.pending.is_empty() {
@@ -183,14 +190,17 @@ impl Submitter {
     /// Sends pending rounds in order, stopping at the first that must wait.
     async fn send_pending(&mut self) {
         while let Some(submission) = self.pending.front().cloned() {
-            match self.attempt(&submission).await {
+            let span = tracing::info_span!("submit", round = submission.round);
+            match self.attempt(&submission).instrument(span).await {
                 Attempt::Recorded => {
                     self.progress.recorded.fetch_add(1, Ordering::Relaxed);
                     self.progress.settled.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.ledger_settled(LedgerOutcome::Recorded);
                     self.pending.pop_front();
                 }
                 Attempt::Refused => {
                     self.progress.settled.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.ledger_settled(LedgerOutcome::Refused);
                     self.pending.pop_front();
                 }
                 Attempt::Later => return,
@@ -241,7 +251,9 @@ impl Submitter {
         }
     }
 
+    /// Classifies a failed call.
     fn judge(&self, round: u64, error: &LedgerError) -> Attempt {
+        self.metrics.ledger_failed();
         let message = redact(&error.to_string(), &self.rpc_url);
         match error.rejection() {
             None

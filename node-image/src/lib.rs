@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod local;
 pub mod local_chain;
 pub mod member;
+pub mod metrics;
 pub mod report;
 
 use std::path::Path;

@@ -378,6 +378,8 @@ fn spawn(
         .args([
             "--listen-host",
             "127.0.0.1",
+            "--metrics-port",
+            "0",
             "--torch-threads",
             "1",
             "--exit-when-done",

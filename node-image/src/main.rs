@@ -9,6 +9,7 @@ use swarm_node::experiment;
 use swarm_node::local::{self, LocalSwarm};
 use swarm_node::member::{self, RunOptions};
 use swarm_node_config::{TaskFamily, TaskWeight};
+use swarm_telemetry::{LogFormat, Telemetry};
 
 /// Exit status for a missing or malformed mounted file or argument: the configuration is wrong.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -62,6 +63,10 @@ struct RunArgs {
     /// Port to listen on instead of the config's `p2p.port`.
     #[arg(long, env = "SWARM_LISTEN_PORT")]
     listen_port: Option<u16>,
+    /// Port of /healthz, /readyz and /metrics on the listen host (the pod's probes use 9090);
+    /// 0 picks a free one.
+    #[arg(long, env = "SWARM_METRICS_PORT", default_value_t = 9090)]
+    metrics_port: u16,
     /// libtorch intra-op threads (its default: one per core).
     #[arg(long, env = "SWARM_TORCH_THREADS")]
     torch_threads: Option<i32>,
@@ -155,17 +160,18 @@ struct ExperimentArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    let telemetry = match Telemetry::init(
+        "swarm-node",
+        LogFormat::Text {
+            ansi: std::io::stderr().is_terminal(),
+        },
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(err) => return bad_input(&err.to_string()),
+    };
     match cli.command {
-        None => run_member(cli.member, &cli.run),
+        None => run_member(cli.member, &cli.run, &telemetry),
         Some(Command::Check(args)) => match load(args) {
             Ok(startup) => {
                 print!("{}", startup.summary());
@@ -188,7 +194,7 @@ fn load(args: MemberArgs) -> Result<Startup, ExitCode> {
     })
 }
 
-fn run_member(args: MemberArgs, run: &RunArgs) -> ExitCode {
+fn run_member(args: MemberArgs, run: &RunArgs, telemetry: &Telemetry) -> ExitCode {
     let startup = match load(args) {
         Ok(startup) => startup,
         Err(code) => return code,
@@ -197,10 +203,12 @@ fn run_member(args: MemberArgs, run: &RunArgs) -> ExitCode {
     let options = RunOptions {
         listen_host: run.listen_host,
         listen_port: run.listen_port,
+        metrics_port: run.metrics_port,
         torch_threads: run.torch_threads,
         exit_when_done: run.exit_when_done,
     };
-    match member::run(startup, &options, &mut std::io::stdout()) {
+    let metrics = swarm_telemetry::Metrics::new(telemetry.meter("swarm-node"));
+    match member::run(startup, &options, metrics, &mut std::io::stdout()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("swarm-node: {err}");

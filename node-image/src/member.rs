@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,12 +32,15 @@ use swarm_rl::{
     RewardStats, RoundConfig, RoundError, Sampler, SamplingConfig, sample_groups, train_on_groups,
 };
 use swarm_tasks::{Difficulty, FamilySampler, Question, Source, TaskError, load_jsonl};
+use swarm_telemetry::admin::{self, AdminState};
 use tch::Device;
+use tracing::field::Empty;
 
 use crate::Startup;
 use crate::clock::RoundClock;
 use crate::exchange::{AdoptLimits, adopt, share};
 use crate::ledger::{LedgerReporter, LedgerSetupError, RoundSubmission};
+use crate::metrics::NodeMetrics;
 use crate::report::{Finished, NodeEvent, RoundReport, Started};
 
 /// Share of a round after which gathering stops and training starts, whoever has not published
@@ -76,6 +81,11 @@ pub enum NodeError {
     Network(#[from] NetworkError),
     #[error("cannot start the network runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot serve /healthz, /readyz and /metrics on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot write the round report: {0}")]
     Report(#[source] std::io::Error),
     #[error("the model config lists no end-of-sequence token")]
@@ -91,6 +101,8 @@ pub struct RunOptions {
     pub listen_host: std::net::IpAddr,
     /// Listen port instead of the config's (members of a local swarm share one host).
     pub listen_port: Option<u16>,
+    /// Port of `/healthz`, `/readyz` and `/metrics` on the listen host; 0 picks a free one.
+    pub metrics_port: u16,
     /// libtorch's intra-op threads; its default otherwise.
     pub torch_threads: Option<i32>,
     /// Exit once `rounds.maxRounds` are done. In a pod the node stays up instead (serving its
@@ -98,11 +110,34 @@ pub struct RunOptions {
     pub exit_when_done: bool,
 }
 
-/// Runs the member until its last round (forever without `rounds.maxRounds`).
-pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Result<(), NodeError> {
+/// Runs the member until its last round (forever without `rounds.maxRounds`). Metrics go to
+/// `/metrics`, and through `metrics` to OTLP when exporting.
+pub fn run(
+    startup: Startup,
+    options: &RunOptions,
+    mut metrics: swarm_telemetry::Metrics,
+    out: &mut impl Write,
+) -> Result<(), NodeError> {
     if let Some(threads) = options.torch_threads {
         tch::set_num_threads(threads);
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("swarm-node-p2p")
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    let node_metrics = NodeMetrics::register(&mut metrics);
+    // Served before the model loads, so that a liveness probe passes during a long load; ready
+    // once the node has joined the network and is about to train.
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_addr = runtime.block_on(serve_admin(
+        SocketAddr::new(options.listen_host, options.metrics_port),
+        AdminState {
+            registry: Arc::new(metrics.into_registry()),
+            ready: Arc::clone(&ready),
+        },
+    ))?;
     let config = &startup.config;
     let model_dir = match (&config.model.path, &config.model.hub_id) {
         (Some(path), _) => PathBuf::from(path),
@@ -131,12 +166,6 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
         None => None,
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("swarm-node-p2p")
-        .enable_all()
-        .build()
-        .map_err(NodeError::Runtime)?;
     let network_config = network_config(&startup, options);
     let (network, incoming) = runtime.block_on(Network::start(network_config))?;
     let inbox = Arc::new(Mutex::new(Inbox::default()));
@@ -144,7 +173,9 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
     let ledger = config
         .ledger
         .as_ref()
-        .map(|ledger| LedgerReporter::start(runtime.handle(), ledger, &startup.key))
+        .map(|ledger| {
+            LedgerReporter::start(runtime.handle(), ledger, &startup.key, node_metrics.clone())
+        })
         .transpose()?;
     let listen = runtime.block_on(network.listen_addrs());
     NodeEvent::Started(Started {
@@ -153,9 +184,11 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
         address: startup.key.address(),
         listen: listen.iter().map(ToString::to_string).collect(),
         resumed_from,
+        metrics: Some(metrics_addr.to_string()),
     })
     .emit(out)
     .map_err(NodeError::Report)?;
+    ready.store(true, Ordering::Relaxed);
 
     let mut member = Member {
         name: startup.member.clone(),
@@ -183,6 +216,7 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
         inbox,
         ledger,
         runtime,
+        metrics: node_metrics,
         config: config.clone(),
     };
     let rounds_trained = member.train(resumed_from, out)?;
@@ -203,6 +237,21 @@ pub fn run(startup: Startup, options: &RunOptions, out: &mut impl Write) -> Resu
     }
     member.runtime.block_on(member.network.shutdown());
     Ok(())
+}
+
+/// Binds the admin server and serves it on the runtime; the address it listens on.
+async fn serve_admin(addr: SocketAddr, state: AdminState) -> Result<SocketAddr, NodeError> {
+    let admin_error = |source| NodeError::Admin { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(admin_error)?;
+    let bound = listener.local_addr().map_err(admin_error)?;
+    tokio::spawn(async move {
+        if let Err(err) = admin::serve(listener, state).await {
+            tracing::error!(%err, addr = %bound, "the admin server stopped");
+        }
+    });
+    Ok(bound)
 }
 
 /// Weights and activations for the configured dtype: bf16 needs a GPU to be fast, so a CPU runs
@@ -408,6 +457,7 @@ struct Member {
     inbox: Arc<Mutex<Inbox>>,
     ledger: Option<LedgerReporter>,
     runtime: tokio::runtime::Runtime,
+    metrics: NodeMetrics,
     config: NodeConfig,
 }
 
@@ -432,6 +482,7 @@ impl Member {
             ));
             let skipped = last.map_or(0, |last| round - last - 1);
             let report = self.round(round, skipped)?;
+            self.metrics.record_round(&report);
             NodeEvent::Round(report)
                 .emit(out)
                 .map_err(NodeError::Report)?;
@@ -441,6 +492,16 @@ impl Member {
     }
 
     fn round(&mut self, round: u64, skipped_rounds: u64) -> Result<RoundReport, NodeError> {
+        // One trace per round, its phases as child spans.
+        let round_span = tracing::info_span!(
+            "round",
+            member = %self.name,
+            round,
+            reward = Empty,
+            external_groups = Empty,
+            trained = Empty,
+        );
+        let _round = round_span.enter();
         let training = &self.config.training;
         self.network.set_round(round);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(round_seed(self.seed, round));
@@ -458,24 +519,31 @@ impl Member {
             },
         };
         let started = Instant::now();
-        let local = sample_groups(
-            &self.policy,
-            &self.tokenizer,
-            &mut self.sampler,
-            &questions,
-            &round_config,
-        )?;
+        let local =
+            tracing::info_span!("generate", questions = questions.len()).in_scope(|| {
+                sample_groups(
+                    &self.policy,
+                    &self.tokenizer,
+                    &mut self.sampler,
+                    &questions,
+                    &round_config,
+                )
+            })?;
         let sample_seconds = started.elapsed().as_secs_f64();
-        let published = self.publish(round, &local);
+        let published = tracing::info_span!("publish").in_scope(|| self.publish(round, &local));
 
-        let status = self.gather(round);
-        let received = self
-            .inbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take(round);
-        let external = self.adopt_all(&received);
+        let (status, external) = tracing::info_span!("gather").in_scope(|| {
+            let status = self.gather(round);
+            let received = self
+                .inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(round);
+            (status, self.adopt_all(&received))
+        });
+        round_span.record("external_groups", external.received);
 
+        let train_span = tracing::info_span!("train", groups = Empty, loss = Empty).entered();
         let started = Instant::now();
         let local_choice = choose(&local, training.local_rollouts, &mut rng);
         let external_choice = choose(&external.with_signal, training.external_rollouts, &mut rng);
@@ -491,10 +559,17 @@ impl Member {
             &chosen,
         )?;
         let trained_local = local_choice.iter().filter(|g| g.has_signal()).count();
+        train_span.record("groups", outcome.groups_kept);
+        if let Some(step) = &outcome.step {
+            train_span.record("loss", step.loss);
+        }
         let checkpointed = self.checkpoint(round)?;
         let train_seconds = started.elapsed().as_secs_f64();
+        drop(train_span);
+        round_span.record("trained", outcome.groups_kept);
 
         let stats = RewardStats::of(&local);
+        round_span.record("reward", stats.mean_reward);
         if let Some(ledger) = &self.ledger {
             ledger.submit(RoundSubmission {
                 round,
@@ -508,6 +583,7 @@ impl Member {
             round,
             reward: stats.mean_reward,
             completions: stats.completions,
+            tokens: stats.tokens,
             reward_by_source: stats
                 .by_source
                 .iter()
@@ -520,6 +596,7 @@ impl Member {
             external_peers: external.peers,
             external_with_signal: external.with_signal.len(),
             external_dropped: external.dropped,
+            external_reward: external.mean_reward(),
             trained_local,
             trained_external: outcome.groups_kept - trained_local,
             loss: outcome.step.map(|step| step.loss),
@@ -648,6 +725,17 @@ struct External {
 }
 
 impl External {
+    /// Mean reward of every peer completion re-scored here; `None` when none arrived.
+    fn mean_reward(&self) -> Option<f64> {
+        let (sum, count) = self
+            .by_author
+            .iter()
+            .fold((0.0, 0), |(sum, count), (_, total, n)| {
+                (sum + total, count + n)
+            });
+        (count > 0).then(|| sum / count as f64)
+    }
+
     fn credit(&mut self, author: PeerId, group: &Group) {
         let rewards = group.rewards();
         let sum: f64 = rewards.iter().map(|r| f64::from(*r)).sum();

@@ -23,6 +23,9 @@ pub struct Started {
     pub listen: Vec<String>,
     /// The round of the checkpoint training resumed from.
     pub resumed_from: Option<u64>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,9 @@ pub struct RoundReport {
     /// Mean reward of this member's own completions this round: how well its policy did.
     pub reward: f64,
     pub completions: usize,
+    /// Completion tokens generated for the own completions, end-of-sequence tokens included.
+    #[serde(default)]
+    pub tokens: usize,
     /// Mean reward per task family (or dataset) of the own completions.
     pub reward_by_source: BTreeMap<String, f64>,
     /// Own question groups, and how many of them had differing rewards.
@@ -52,6 +58,9 @@ pub struct RoundReport {
     pub external_peers: usize,
     pub external_with_signal: usize,
     pub external_dropped: usize,
+    /// Mean reward of the peers' completions received this round, as re-scored here.
+    #[serde(default)]
+    pub external_reward: Option<f64>,
     /// Groups trained on; equal rewards are dropped, so these may be fewer than I and J.
     pub trained_local: usize,
     pub trained_external: usize,

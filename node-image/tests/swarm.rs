@@ -173,6 +173,7 @@ impl Swarm {
             .arg("--config")
             .arg(&config)
             .args(["--listen-host", "127.0.0.1", "--torch-threads", "1"])
+            .args(["--metrics-port", "0"])
             .arg("--exit-when-done")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -256,6 +257,20 @@ impl Drop for Node {
     }
 }
 
+/// The response to a plain HTTP GET of `path` at `addr`, status line first.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Long enough for every round of a test swarm on a busy 2-core machine, in a debug build.
 fn swarm_timeout(rounds: u64) -> Duration {
     Duration::from_secs(30 + rounds * u64::from(ROUND_SECONDS) * 3)
@@ -266,6 +281,32 @@ fn members_exchange_rollouts_and_train_on_them() {
     let _lock = one_at_a_time();
     let swarm = Swarm::new(4, 6);
     let mut nodes: Vec<Node> = (0..4).map(|i| swarm.start(i)).collect();
+    nodes[0].wait_round(3, swarm_timeout(4));
+    let admin = nodes[0].started.as_ref().unwrap().metrics.clone().unwrap();
+    assert!(http_get(&admin, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(&admin, "/metrics");
+    let last = nodes[0].rounds.last().unwrap().clone();
+    for line in [
+        format!("swarm_node_rounds_total {}", nodes[0].rounds.len()),
+        format!("swarm_node_round {}.0", last.round),
+        "swarm_node_peers_connected 3.0".to_owned(),
+        format!(
+            "swarm_node_messages_accepted_total {}",
+            last.messages_accepted
+        ),
+        format!(
+            "swarm_node_accuracy{{family=\"basic_arithmetic\"}} {:?}",
+            last.reward_by_source["basic_arithmetic"]
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    }
+    assert!(
+        metrics.contains("swarm_node_reward{source=\"external\"}"),
+        "{metrics}"
+    );
+    assert!(last.messages_accepted > 0 && last.tokens > 0, "{last:?}");
     for node in &mut nodes {
         node.wait_finished(swarm_timeout(6));
     }

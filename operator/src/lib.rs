@@ -1,6 +1,5 @@
 //! rl-swarm-operator: runs reinforcement-learning swarms of language models on Kubernetes.
 
-pub mod admin;
 pub mod api;
 pub mod build;
 pub mod controller;

@@ -1,5 +1,6 @@
 //! The operator binary: admin server, optional leader election, both controllers, graceful shutdown.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,12 +13,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube::{Api, Config};
-use prometheus_client::registry::Registry;
-use swarm_operator::admin::{self, AdminState};
 use swarm_operator::build::PodSettings;
 use swarm_operator::controller::{self, Context};
 use swarm_operator::leader::LeaseLock;
 use swarm_operator::metrics::Metrics;
+use swarm_telemetry::admin::{self, AdminState};
+use swarm_telemetry::{LogFormat, Telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
@@ -57,26 +58,34 @@ const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
 const LEASE_RENEW_DEADLINE: Duration = Duration::from_secs(10);
 const LEASE_RETRY: Duration = Duration::from_secs(2);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+    let format = if args.log_json {
+        LogFormat::Json
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+        LogFormat::Text {
+            ansi: std::io::stderr().is_terminal(),
+        }
+    };
+    // Before the runtime starts, and dropped after it ends, so the last spans are flushed.
+    let telemetry = Telemetry::init("swarm-operator", format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(args, &telemetry));
+    drop(runtime);
+    drop(telemetry);
+    result
+}
 
+async fn run(args: Args, telemetry: &Telemetry) -> anyhow::Result<()> {
     let identity = args.pod_name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME")
             .unwrap_or_else(|_| format!("swarm-operator-{}", std::process::id()))
     });
 
-    let mut registry = Registry::default();
+    let mut registry = swarm_telemetry::Metrics::new(telemetry.meter("swarm-operator"));
     let metrics = Metrics::register(&mut registry);
     let config = Config::infer()
         .await
@@ -87,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         .build();
     let ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState {
-        registry: Arc::new(registry),
+        registry: Arc::new(registry.into_registry()),
         ready: ready.clone(),
     };
     let admin_addr = args.admin_addr;

@@ -1,81 +1,45 @@
-//! Prometheus metrics of the controllers.
+//! Metrics of the controllers, on `/metrics` and, when exporting, over OTLP.
 
 use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ControllerLabel {
-    pub controller: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
-    pub controller: &'static str,
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ApiRequestLabel {
-    pub method: String,
-}
+use swarm_telemetry::{Counter, Histogram, exponential_buckets};
 
 #[derive(Clone)]
 pub struct Metrics {
     /// Every request the operator sends to the API server, by HTTP method.
-    pub api_requests: Family<ApiRequestLabel, Counter>,
-    pub reconciliations: Family<ControllerLabel, Counter>,
-    pub failures: Family<FailureLabels, Counter>,
-    pub duration: Family<ControllerLabel, Histogram>,
+    pub api_requests: Counter,
+    pub reconciliations: Counter,
+    pub failures: Counter,
+    pub duration: Histogram,
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            api_requests: Family::default(),
-            reconciliations: Family::default(),
-            failures: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.001, 2.0, 14))
-            }),
-        };
-        registry.register(
-            "swarm_operator_api_requests",
-            "Requests sent to the Kubernetes API server, by method",
-            metrics.api_requests.clone(),
-        );
-        registry.register(
-            "swarm_operator_reconciliations",
-            "Reconciliations started",
-            metrics.reconciliations.clone(),
-        );
-        registry.register(
-            "swarm_operator_reconcile_failures",
-            "Reconciliations that failed, by reason",
-            metrics.failures.clone(),
-        );
-        registry.register(
-            "swarm_operator_reconcile_duration_seconds",
-            "Time one reconciliation took",
-            metrics.duration.clone(),
-        );
-        metrics
+    pub fn register(metrics: &mut swarm_telemetry::Metrics) -> Self {
+        Self {
+            api_requests: metrics.counter(
+                "swarm_operator_api_requests",
+                "Requests sent to the Kubernetes API server, by method",
+            ),
+            reconciliations: metrics
+                .counter("swarm_operator_reconciliations", "Reconciliations started"),
+            failures: metrics.counter(
+                "swarm_operator_reconcile_failures",
+                "Reconciliations that failed, by reason",
+            ),
+            duration: metrics.histogram(
+                "swarm_operator_reconcile_duration_seconds",
+                "Time one reconciliation took",
+                exponential_buckets(0.001, 2.0, 14),
+            ),
+        }
     }
 
     /// Counts a reconciliation and times it until the returned guard drops.
     pub fn start(&self, controller: &'static str) -> ReconcileTimer {
-        self.reconciliations
-            .get_or_create(&ControllerLabel { controller })
-            .inc();
+        self.reconciliations.inc(&[("controller", controller)]);
         ReconcileTimer {
-            histogram: self
-                .duration
-                .get_or_create(&ControllerLabel { controller })
-                .clone(),
+            histogram: self.duration.clone(),
+            controller,
             started: Instant::now(),
         }
     }
@@ -87,30 +51,29 @@ impl Metrics {
     {
         let requests = self.api_requests.clone();
         tower::util::MapRequestLayer::new(move |request: http::Request<B>| {
-            requests
-                .get_or_create(&ApiRequestLabel {
-                    method: request.method().to_string(),
-                })
-                .inc();
+            requests.inc(&[("method", request.method().as_str())]);
             request
         })
     }
 
     pub fn failed(&self, controller: &'static str, reason: &'static str) {
         self.failures
-            .get_or_create(&FailureLabels { controller, reason })
-            .inc();
+            .inc(&[("controller", controller), ("reason", reason)]);
     }
 }
 
 pub struct ReconcileTimer {
     histogram: Histogram,
+    controller: &'static str,
     started: Instant,
 }
 
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
-        self.histogram.observe(self.started.elapsed().as_secs_f64());
+        self.histogram.observe(
+            self.started.elapsed().as_secs_f64(),
+            &[("controller", self.controller)],
+        );
     }
 }
 
@@ -122,12 +85,12 @@ mod tests {
 
     #[test]
     fn exposes_counts_failures_and_durations() {
-        let mut registry = Registry::default();
+        let mut registry = swarm_telemetry::Metrics::new(None);
         let metrics = Metrics::register(&mut registry);
         drop(metrics.start("swarm"));
         metrics.failed("swarm", "Conflict");
         let mut text = String::new();
-        encode(&mut text, &registry).unwrap();
+        encode(&mut text, &registry.into_registry()).unwrap();
         assert!(
             text.contains("swarm_operator_reconciliations_total{controller=\"swarm\"} 1"),
             "{text}"
@@ -147,7 +110,7 @@ mod tests {
     #[tokio::test]
     async fn counts_api_requests_by_method() {
         use tower::{Layer, ServiceExt};
-        let metrics = Metrics::register(&mut Registry::default());
+        let metrics = Metrics::register(&mut swarm_telemetry::Metrics::new(None));
         let service = metrics.count_requests().layer(tower::service_fn(
             |_request: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) },
         ));
@@ -155,14 +118,7 @@ mod tests {
             let request = http::Request::builder().method(method).body(()).unwrap();
             service.clone().oneshot(request).await.unwrap();
         }
-        let count = |method: &str| {
-            metrics
-                .api_requests
-                .get_or_create(&ApiRequestLabel {
-                    method: method.into(),
-                })
-                .get()
-        };
+        let count = |method: &str| metrics.api_requests.get(&[("method", method)]);
         assert_eq!((count("GET"), count("PATCH"), count("POST")), (2, 1, 0));
     }
 }

@@ -23,7 +23,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use swarm_ledger::{Address, LedgerClient, LedgerOptions, RetryPolicy, member_signer};
@@ -75,7 +74,7 @@ fn context(client: Client) -> Arc<Context> {
                 controller: "rl-swarm-operator".into(),
                 instance: None,
             },
-            swarm_operator::metrics::Metrics::register(&mut Registry::default()),
+            swarm_operator::metrics::Metrics::register(&mut swarm_telemetry::Metrics::new(None)),
             PodSettings {
                 default_image: DEFAULT_IMAGE.into(),
             },

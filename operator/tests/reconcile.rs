@@ -20,7 +20,6 @@ use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use swarm_node_config::{CONFIG_FILE, NodeConfig};
@@ -57,7 +56,7 @@ fn context(client: Client) -> Arc<Context> {
             controller: "rl-swarm-operator".into(),
             instance: None,
         },
-        Metrics::register(&mut Registry::default()),
+        Metrics::register(&mut swarm_telemetry::Metrics::new(None)),
         PodSettings {
             default_image: DEFAULT_IMAGE.into(),
         },

@@ -23,7 +23,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::api::{FIELD_MANAGER, Swarm, SwarmMember, labels};
 use crate::build::PodSettings;
@@ -241,12 +241,24 @@ where
 {
     let _timer = ctx.metrics.start(controller);
     let key = object_key(object.as_ref());
+    // One span per reconciliation: exported as a trace when OTLP is on.
+    let span = tracing::info_span!(
+        "reconcile",
+        controller,
+        object = %key,
+        otel.status_code = tracing::field::Empty,
+        error.reason = tracing::field::Empty,
+    );
     match &object.0 {
         Ok(valid) => {
-            let result = reconcile(ctx.clone(), valid.clone()).await;
+            let result = reconcile(ctx.clone(), valid.clone())
+                .instrument(span.clone())
+                .await;
             match &result {
                 Ok(_) => ctx.retries.succeeded(&key),
                 Err(error) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.reason", error.reason());
                     ctx.metrics.failed(controller, error.reason());
                     let reference = reference_of::<K>(object.meta());
                     ctx.event(

@@ -59,7 +59,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::Metrics;
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -73,9 +73,11 @@ mod tests {
 
     #[tokio::test]
     async fn serves_health_readiness_and_metrics() {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        drop(metrics.start("swarm"));
+        let mut metrics = Metrics::new(None);
+        metrics
+            .counter("demo_rounds", "Rounds")
+            .inc(&[("controller", "swarm")]);
+        let registry = metrics.into_registry();
         let ready = Arc::new(AtomicBool::new(false));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -94,7 +96,7 @@ mod tests {
         let metrics = get(addr, "/metrics").await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         assert!(
-            metrics.contains("swarm_operator_reconciliations_total{controller=\"swarm\"} 1"),
+            metrics.contains("demo_rounds_total{controller=\"swarm\"} 1"),
             "{metrics}"
         );
     }
