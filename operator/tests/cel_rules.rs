@@ -31,6 +31,7 @@ fn swarm(name: &str) -> Swarm {
             checkpoints: None,
             identity: IdentitySpec::default(),
             ledger: None,
+            telemetry: None,
         },
         status: None,
     }
@@ -351,6 +352,27 @@ fn ledger_fields_are_checked() {
         s.spec.ledger.as_mut().unwrap().member_funding = Some(ok.into());
         accepted(&s);
     }
+}
+
+#[test]
+fn telemetry_needs_an_http_endpoint_and_a_sane_interval() {
+    let telemetry = |endpoint: &str, interval| {
+        let mut s = swarm("demo");
+        s.spec.telemetry = Some(TelemetrySpec {
+            otlp_endpoint: endpoint.into(),
+            metric_export_interval_seconds: interval,
+        });
+        s
+    };
+    accepted(&telemetry("http://collector.monitoring:4318", 30));
+    rejected(
+        &telemetry("collector:4317", 30),
+        "telemetry.otlpEndpoint must be an http:// or https:// URL",
+    );
+    rejected(
+        &telemetry("https://collector", 0),
+        "telemetry.metricExportIntervalSeconds must be between 1 and 3600",
+    );
 }
 
 #[test]

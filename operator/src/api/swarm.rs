@@ -99,6 +99,29 @@ pub struct SwarmSpec {
     /// The EVM chain members are registered on; no ledger when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerSpec>,
+
+    /// Where members send OpenTelemetry traces and metrics; members only serve Prometheus `/metrics`
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySpec>,
+}
+
+/// OpenTelemetry export of every member's traces (a span per round and phase) and metrics.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP/HTTP endpoint (protobuf), e.g. `http://otel-collector.monitoring.svc:4318`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("telemetry.otlpEndpoint must be an http:// or https:// URL"))]
+    pub otlp_endpoint: String,
+    /// Seconds between metric exports.
+    #[serde(default = "default_metric_export_interval")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("telemetry.metricExportIntervalSeconds must be between 1 and 3600"))]
+    pub metric_export_interval_seconds: u32,
+}
+
+fn default_metric_export_interval() -> u32 {
+    30
 }
 
 /// An EVM chain with the swarm's coordinator contract: the operator funds and registers every member's

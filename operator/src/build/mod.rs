@@ -97,6 +97,7 @@ pub(crate) mod fixtures {
                 checkpoints: None,
                 identity: IdentitySpec::default(),
                 ledger: None,
+                telemetry: None,
             },
             status: None,
         }

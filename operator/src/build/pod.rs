@@ -16,7 +16,7 @@ use swarm_node_config::CONFIG_FILE;
 
 use super::pvc::checkpoint_pvc_name;
 use super::{member_labels, owner_ref};
-use crate::api::{Swarm, SwarmMember};
+use crate::api::{Swarm, SwarmMember, TelemetrySpec};
 
 /// Hash of everything the operator sets on a member pod; a pod whose hash differs is replaced.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "rlswarm.dev/template-hash";
@@ -68,6 +68,9 @@ pub fn build_member_pod(swarm: &Swarm, member: &SwarmMember, settings: &PodSetti
         plain_env("SWARM_IDENTITY_DIR", IDENTITY_DIR),
         plain_env("SWARM_CONFIG", &format!("{CONFIG_DIR}/{CONFIG_FILE}")),
     ];
+    if let Some(telemetry) = &swarm.spec.telemetry {
+        env.extend(telemetry_env(swarm, telemetry));
+    }
     env.extend(template.env.iter().flatten().cloned());
 
     let container = Container {
@@ -277,6 +280,25 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
+/// The OpenTelemetry SDK's standard variables: where to export, and resource attributes that say
+/// which member of which swarm a span or metric comes from (`$(VAR)` expands the variables above).
+fn telemetry_env(swarm: &Swarm, telemetry: &TelemetrySpec) -> Vec<EnvVar> {
+    let interval_ms = u64::from(telemetry.metric_export_interval_seconds) * 1000;
+    vec![
+        plain_env("OTEL_EXPORTER_OTLP_ENDPOINT", &telemetry.otlp_endpoint),
+        plain_env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        plain_env("OTEL_SERVICE_NAME", "swarm-node"),
+        plain_env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            &format!(
+                "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(SWARM_MEMBER),rlswarm.swarm={}",
+                swarm.metadata.name.as_deref().unwrap_or_default()
+            ),
+        ),
+        plain_env("OTEL_METRIC_EXPORT_INTERVAL", &interval_ms.to_string()),
+    ]
+}
+
 fn plain_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -303,7 +325,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::{CheckpointSpec, ImageModelSource, ModelSource};
+    use crate::api::{CheckpointSpec, ImageModelSource, ModelSource, TelemetrySpec};
     use crate::build::fixtures;
 
     fn settings() -> PodSettings {
@@ -534,6 +556,36 @@ mod tests {
             state.persistent_volume_claim.unwrap().claim_name,
             "demo-0-checkpoints"
         );
+    }
+
+    #[test]
+    fn telemetry_sets_the_standard_otlp_variables_after_the_ones_they_expand() {
+        let mut swarm = fixtures::swarm(1);
+        swarm.spec.telemetry = Some(TelemetrySpec {
+            otlp_endpoint: "http://collector.monitoring:4318".into(),
+            metric_export_interval_seconds: 15,
+        });
+        let pod = build_member_pod(&swarm, &fixtures::member(&swarm, 0), &settings());
+        let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            value("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "http://collector.monitoring:4318"
+        );
+        assert_eq!(value("OTEL_METRIC_EXPORT_INTERVAL"), "15000");
+        assert_eq!(
+            value("OTEL_RESOURCE_ATTRIBUTES"),
+            "k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(SWARM_MEMBER),rlswarm.swarm=demo"
+        );
+        let position = |name| names.iter().position(|n| *n == name).unwrap();
+        assert!(position("POD_NAMESPACE") < position("OTEL_RESOURCE_ATTRIBUTES"));
+        assert!(position("SWARM_MEMBER") < position("OTEL_RESOURCE_ATTRIBUTES"));
     }
 
     #[test]
