@@ -60,6 +60,9 @@ const LEASE_RETRY: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Chosen explicitly: built together with other workspace crates (libp2p's QUIC), rustls also has
+    // its aws-lc-rs provider, and with two it refuses to pick one. Nothing else installed one yet.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let format = if args.log_json {
         LogFormat::Json
     } else {
