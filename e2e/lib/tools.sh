@@ -8,7 +8,7 @@ E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$E2E_DIR/versions.env"
 
 TOOLS_DIR=${RLSO_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rl-swarm-operator/tools}
-TOOL_NAMES=(kubernetes etcd kwok helm)
+TOOL_NAMES=(kubernetes etcd kwok helm otelcol)
 
 tool_version() {
   case "$1" in
@@ -16,6 +16,7 @@ tool_version() {
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
+    otelcol) echo "$OTELCOL_VERSION" ;;
     *) echo "unknown tool: $1" >&2; return 1 ;;
   esac
 }
@@ -31,6 +32,8 @@ tool_binaries() {
     etcd) echo etcd=go.etcd.io/etcd/server/v3 ;;
     kwok) printf '%s\n' kwok=sigs.k8s.io/kwok/cmd/kwok kwokctl=sigs.k8s.io/kwok/cmd/kwokctl ;;
     helm) echo helm=helm.sh/helm/v4/cmd/helm ;;
+    # Our own main package: the collector components it links are pinned by its go.mod.
+    otelcol) echo otelcol=rl-swarm-operator/e2e/tools/otelcol ;;
     *) echo "unknown tool: $1" >&2; return 1 ;;
   esac
 }

@@ -2,6 +2,13 @@
 //! installed with the real helm, the operator run as a local process under the chart's
 //! ServiceAccount, each test in a fresh namespace, and waits that explain themselves on timeout.
 
+pub mod collector;
+mod fixture;
+pub mod kubelet;
+pub mod testbed;
+
+pub use fixture::{Fixture, SETTLE};
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::TcpListener;
@@ -31,13 +38,18 @@ fn required(var: &str) -> PathBuf {
         Some(value) => PathBuf::from(value),
         None => panic!(
             "{var} is not set: run the end-to-end tests through scripts/test (or e2e/bin/test), which \
-             brings the control plane up and sets E2E_KUBECONFIG, E2E_HELM, E2E_KUBECTL and E2E_OPERATOR_BIN"
+             brings the control plane up and sets E2E_KUBECONFIG, E2E_HELM, E2E_KUBECTL, E2E_OPERATOR_BIN, \
+             E2E_NODE_BIN and E2E_OTELCOL"
         ),
     }
 }
 
 impl Env {
     pub fn from_env() -> Self {
+        // The harness links libp2p (through the node's report types), whose QUIC enables rustls's
+        // aws-lc-rs provider beside kube's ring; with two, rustls wants one chosen. A second call
+        // finds it installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             kubeconfig: required("E2E_KUBECONFIG"),
             helm: required("E2E_HELM"),
@@ -45,6 +57,16 @@ impl Env {
             operator: required("E2E_OPERATOR_BIN"),
             root: Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         }
+    }
+
+    /// The `swarm-node` binary the kubelet harness runs for member pods.
+    pub fn node_binary(&self) -> PathBuf {
+        required("E2E_NODE_BIN")
+    }
+
+    /// The OpenTelemetry Collector built from `e2e/tools/otelcol`.
+    pub fn otelcol(&self) -> PathBuf {
+        required("E2E_OTELCOL")
     }
 
     pub fn chart(&self) -> PathBuf {
@@ -247,6 +269,8 @@ pub struct OperatorOptions<'a> {
     pub kubeconfig: &'a Path,
     pub leader_election: Option<&'a str>,
     pub log_dir: &'a Path,
+    /// An OTLP/HTTP endpoint to export traces and metrics to (every second, so tests see them soon).
+    pub otlp_endpoint: Option<&'a str>,
 }
 
 impl OperatorProcess {
@@ -265,6 +289,12 @@ impl OperatorProcess {
             .env("RUST_LOG", "info,kube=warn")
             .stdout(file.try_clone().expect("log file handle"))
             .stderr(file);
+        if let Some(endpoint) = options.otlp_endpoint {
+            command
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+                .env("OTEL_BSP_SCHEDULE_DELAY", "500");
+        }
         if let Some(lease) = options.leader_election {
             command
                 .arg("--leader-elect")
@@ -345,6 +375,33 @@ pub async fn wait_for<T, O, F, Fut>(
     operators: &[&OperatorProcess],
     what: &str,
     timeout: Duration,
+    check: F,
+) -> T
+where
+    O: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, O>>,
+{
+    wait_for_explained(
+        env,
+        namespace,
+        operators,
+        &String::new,
+        what,
+        timeout,
+        check,
+    )
+    .await
+}
+
+/// [`wait_for`], with `more` adding to the diagnostics (e.g. the member processes' logs).
+pub async fn wait_for_explained<T, O, F, Fut>(
+    env: &Env,
+    namespace: &str,
+    operators: &[&OperatorProcess],
+    more: &dyn Fn() -> String,
+    what: &str,
+    timeout: Duration,
     mut check: F,
 ) -> T
 where
@@ -360,8 +417,9 @@ where
         };
         if tokio::time::Instant::now() >= deadline {
             panic!(
-                "timed out after {timeout:?} waiting for {what}\nlast observed: {last:?}\n{}",
-                diagnostics(env, namespace, operators)
+                "timed out after {timeout:?} waiting for {what}\nlast observed: {last:?}\n{}{}",
+                diagnostics(env, namespace, operators),
+                more()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

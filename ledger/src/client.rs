@@ -294,6 +294,25 @@ impl LedgerClient {
             .await
     }
 
+    /// Every reward on record, as (round, account), in chain order: the contract takes one per
+    /// member and round, and this is how anyone can check that it did.
+    pub async fn reward_submissions(&self) -> Result<Vec<(u64, Address)>, LedgerError> {
+        self.sender
+            .retry("read the reward submissions", || async move {
+                let logs = self
+                    .contract
+                    .RewardSubmitted_filter()
+                    .from_block(0)
+                    .query()
+                    .await?;
+                Ok(logs
+                    .into_iter()
+                    .map(|(event, _)| (event.round, event.account))
+                    .collect())
+            })
+            .await
+    }
+
     /// The member record of `account`, if it was ever registered.
     pub async fn member_by_account(&self, account: Address) -> Result<Option<Member>, LedgerError> {
         let action = format!("read member {account}");

@@ -67,6 +67,7 @@ async fn run(env: &Env, client: &kube::Client, n: usize) -> Row {
             kubeconfig: &kubeconfig,
             leader_election: None,
             log_dir: dir.path(),
+            otlp_endpoint: None,
         },
     );
     let manifest = dir.path().join("swarm.yaml");

@@ -1,0 +1,115 @@
+//! The full path's startup benchmark on the test control plane: for each N, apply a Swarm of N
+//! members with an anvil ledger and report the seconds from `kubectl apply` until all N are
+//! Running (what the operator scale benchmark measures), until every member's process has started
+//! (the kubelet harness runs the pods), until all train together (a round with every other member
+//! connected and heard from), and until every member has a round recorded on the chain. Rounds
+//! are wall-clock periods of `ROUND_SECONDS` from the Swarm's creation, so the last two include up
+//! to a round of waiting by design. Run it through `e2e/bin/bench-full-path`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use swarm_e2e::testbed::{ROUND_SECONDS, SWARM, TRAINING, Testbed};
+use swarm_operator::api::Swarm;
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("member counts, e.g. 4 6"))
+        .collect();
+    let sizes = if sizes.is_empty() { vec![4, 6] } else { sizes };
+    println!("rounds of {ROUND_SECONDS} s; seconds from `kubectl apply`:");
+    println!(
+        "| members | all Running | all processes started | all training together | all recorded on the ledger | training / Running |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for n in sizes {
+        let row = run(n).await;
+        println!(
+            "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[2] / row[0]
+        );
+    }
+}
+
+async fn run(n: usize) -> [f64; 4] {
+    let bed = Testbed::new(&format!("fp{n}")).await;
+    let swarms = bed.f.api::<Swarm>();
+    let started = Instant::now();
+    bed.f.apply_yaml(&bed.swarm_yaml(n as u32));
+
+    bed.wait(&format!("{n} members Running"), TRAINING, || async {
+        let ready = swarms
+            .get(SWARM)
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default()
+            .ready_replicas;
+        if ready as usize == n {
+            Ok(())
+        } else {
+            Err(format!("{ready} ready"))
+        }
+    })
+    .await;
+    let running = started.elapsed().as_secs_f64();
+
+    let all = |done: &dyn Fn(&swarm_e2e::kubelet::Instance) -> bool| {
+        let running = bed.kubelet.running();
+        running.len() == n && running.values().all(done)
+    };
+    bed.wait(&format!("{n} processes started"), TRAINING, || async {
+        if all(&|i| !i.starts().is_empty()) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .await;
+    let processes = started.elapsed().as_secs_f64();
+
+    bed.wait(
+        &format!("{n} members training together"),
+        TRAINING,
+        || async {
+            if all(&|i| {
+                i.rounds()
+                    .iter()
+                    .any(|r| r.peers == n - 1 && r.external_peers == n - 1)
+            }) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    let training = started.elapsed().as_secs_f64();
+
+    bed.wait(
+        &format!("{n} members with a round on the ledger"),
+        TRAINING,
+        || async {
+            if all(&|i| {
+                i.rounds()
+                    .iter()
+                    .any(|r| r.ledger_recorded.unwrap_or(0) >= 1)
+            }) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    let recorded = started.elapsed().as_secs_f64();
+    // The Testbed's drop stops the processes, anvil and the collector before the next size.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    [running, processes, training, recorded]
+}

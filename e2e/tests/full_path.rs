@@ -1,0 +1,339 @@
+//! The whole path: helm install, the operator scheduling member pods on the test control plane,
+//! the kubelet harness running each pod's `swarm-node` (its args, env, Secret and ConfigMap), the
+//! members training real rounds over libp2p and recording them on an anvil chain, traces and
+//! metrics reaching a real OpenTelemetry Collector; then scaling, deleting a pod, and a soak with
+//! faults injected.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use swarm_e2e::testbed::*;
+use swarm_ledger::Address;
+use swarm_operator::api::Swarm;
+
+#[tokio::test]
+async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
+    let bed = Testbed::new("full").await;
+    bed.f.apply_yaml(&bed.swarm_yaml(4));
+
+    // Four members train together over libp2p and record their rounds on the chain.
+    bed.wait_members(4).await;
+    bed.wait_training_together(4).await;
+    bed.wait_registered().await;
+    let ledger = bed.ledger().await;
+    for member in bed.members().await {
+        let status = member.status.unwrap();
+        let running = newest(&bed.kubelet, &member.metadata.name.clone().unwrap());
+        assert_eq!(
+            running.starts()[0].peer_id,
+            status.peer_id.clone().unwrap(),
+            "the node runs with the identity the operator generated"
+        );
+        let record = ledger
+            .member_by_account(status.address.unwrap().parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(record.reward_submissions >= 1, "{record:?}");
+    }
+    // The node's own /metrics, on its pod address, agrees with what it reported.
+    let first = newest(&bed.kubelet, &format!("{SWARM}-0"));
+    let admin = first.starts()[0].metrics.clone().unwrap();
+    let metrics = http_get_text(&admin, "/metrics").await;
+    assert!(
+        metrics.contains("swarm_node_peers_connected 3.0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("swarm_node_ledger_submissions_total{outcome=\"recorded\"}"));
+
+    // Scale to 6: the new members join the swarm and the ledger.
+    bed.f.scale(SWARM, 6);
+    bed.wait_members(6).await;
+    bed.wait_training_together(6).await;
+    bed.wait_registered().await;
+
+    // Scale to 3: the removed members stop and leave the ledger; the rest train on.
+    bed.f.scale(SWARM, 3);
+    bed.wait_members(3).await;
+    bed.wait_registered().await;
+    for pod in [3, 4, 5].map(|i| format!("{SWARM}-{i}")) {
+        assert!(!newest(&bed.kubelet, &pod).running, "{pod} still runs");
+    }
+    bed.wait_training_together(3).await;
+
+    // A deleted pod comes back with the same identity and resumes from its checkpoint.
+    let victim = format!("{SWARM}-1");
+    let before = newest(&bed.kubelet, &victim);
+    let checkpointed = before
+        .rounds()
+        .iter()
+        .filter(|r| r.checkpointed)
+        .map(|r| r.round)
+        .max()
+        .expect("the member checkpointed");
+    let last_before = before.rounds().last().unwrap().round;
+    bed.f
+        .api::<Pod>()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    let after = bed
+        .wait(
+            &format!("{victim} to run again from its checkpoint and record a round"),
+            TRAINING,
+            || async {
+                let instance = newest(&bed.kubelet, &victim);
+                let resumed = instance.starts().first().and_then(|s| s.resumed_from);
+                let recorded = instance
+                    .rounds()
+                    .last()
+                    .is_some_and(|r| r.ledger_recorded.unwrap_or(0) >= 1);
+                if instance.uid != before.uid && instance.running && resumed.is_some() && recorded {
+                    Ok(instance)
+                } else {
+                    Err((instance.rounds().len(), instance.uid, resumed))
+                }
+            },
+        )
+        .await;
+    let started = after.starts()[0].clone();
+    assert_eq!(started.peer_id, before.starts()[0].peer_id);
+    let resumed = started.resumed_from.unwrap();
+    assert!(
+        (checkpointed..=last_before).contains(&resumed),
+        "resumed from {resumed}, checkpointed {checkpointed}..={last_before} before"
+    );
+    assert!(after.rounds().iter().all(|r| r.round > resumed));
+    bed.wait_registered().await;
+
+    // The operator's and the nodes' traces and metrics reached the collector.
+    bed.wait(
+        "the operator's and the nodes' spans and metrics at the collector",
+        Duration::from_secs(30),
+        || async {
+            let spans: BTreeSet<(String, String)> = bed
+                .collector
+                .spans()
+                .into_iter()
+                .map(|s| (s.service, s.name))
+                .collect();
+            let metrics: BTreeSet<(String, String)> = bed
+                .collector
+                .metrics()
+                .into_iter()
+                .map(|m| (m.service, m.name))
+                .collect();
+            let missing_spans: Vec<_> = [
+                ("swarm-operator", "reconcile"),
+                ("swarm-node", "round"),
+                ("swarm-node", "generate"),
+                ("swarm-node", "gather"),
+                ("swarm-node", "train"),
+                ("swarm-node", "submit"),
+            ]
+            .into_iter()
+            .filter(|(service, name)| !spans.contains(&((*service).into(), (*name).into())))
+            .collect();
+            let missing_metrics: Vec<_> = [
+                ("swarm-operator", "swarm_operator_reconciliations"),
+                ("swarm-operator", "swarm_operator_api_requests"),
+                ("swarm-node", "swarm_node_rounds"),
+                ("swarm-node", "swarm_node_reward"),
+                ("swarm-node", "swarm_node_messages_accepted"),
+                ("swarm-node", "swarm_node_ledger_submissions"),
+            ]
+            .into_iter()
+            .filter(|(service, name)| !metrics.contains(&((*service).into(), (*name).into())))
+            .collect();
+            if missing_spans.is_empty() && missing_metrics.is_empty() {
+                Ok(())
+            } else {
+                Err((missing_spans, missing_metrics))
+            }
+        },
+    )
+    .await;
+    println!("{}", bed.summary());
+}
+
+/// A small seeded generator for the soak's choices; the seed is printed, so a run can be repeated.
+struct Choices(u64);
+
+impl Choices {
+    fn below(&mut self, n: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Faults for `E2E_SOAK_SECONDS` (default 180): every 4 to 12 s a random member pod is deleted or
+/// the operator is killed and replaced; once, halfway, anvil stops for a while and comes back.
+/// Afterwards the swarm must settle and these must hold: no two live members share an identity,
+/// every live member is registered exactly once, no member has two submissions for one round, and
+/// the Swarm's status matches the members, pods and processes.
+#[tokio::test]
+async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_the_invariants() {
+    let seconds: u64 = std::env::var("E2E_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
+    let seed = std::env::var("E2E_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| jiff::Timestamp::now().as_nanosecond() as u64 | 1);
+    let mut choices = Choices(seed);
+    let mut bed = Testbed::new("soak").await;
+    let replicas = 4;
+    bed.f.apply_yaml(&bed.swarm_yaml(replicas as u32));
+    bed.wait_members(replicas).await;
+    bed.wait_training_together(replicas).await;
+
+    let started = std::time::Instant::now();
+    let soak = Duration::from_secs(seconds);
+    let (mut pod_deletions, mut operator_restarts, mut anvil_restarts) = (0, 0, 0);
+    while started.elapsed() < soak {
+        tokio::time::sleep(Duration::from_secs(4 + choices.below(9))).await;
+        if anvil_restarts == 0 && started.elapsed() > soak / 2 {
+            bed.anvil.stop().unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            bed.anvil.restart().unwrap();
+            anvil_restarts += 1;
+        } else if choices.below(3) < 2 {
+            let pod = format!("{SWARM}-{}", choices.below(replicas as u64));
+            // A pod already being replaced may be gone for a moment; that is no fault of ours.
+            if bed
+                .f
+                .api::<Pod>()
+                .delete(&pod, &DeleteParams::default())
+                .await
+                .is_ok()
+            {
+                pod_deletions += 1;
+            }
+        } else {
+            bed.restart_operator();
+            operator_restarts += 1;
+        }
+    }
+
+    // Settled: every member back, training together and recording again.
+    bed.wait_members(replicas).await;
+    let recorded_before: BTreeMap<String, u64> = bed
+        .kubelet
+        .running()
+        .into_iter()
+        .map(|(pod, i)| {
+            (
+                pod,
+                i.rounds()
+                    .last()
+                    .and_then(|r| r.ledger_recorded)
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    bed.wait(
+        "every member to record another round after the faults",
+        TRAINING,
+        || async {
+            let behind: Vec<String> = bed
+                .kubelet
+                .running()
+                .into_iter()
+                .filter(|(pod, i)| {
+                    let now = i
+                        .rounds()
+                        .last()
+                        .and_then(|r| r.ledger_recorded)
+                        .unwrap_or(0);
+                    now <= recorded_before.get(pod).copied().unwrap_or(0)
+                })
+                .map(|(pod, _)| pod)
+                .collect();
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(behind)
+            }
+        },
+    )
+    .await;
+    let mut checked = 0;
+
+    // No two live members share an identity, and each process runs the identity of its member.
+    let members = bed.members().await;
+    let running = bed.kubelet.running();
+    let mut peer_ids = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
+    for member in &members {
+        let name = member.name_any();
+        let status = member.status.clone().unwrap();
+        let peer_id = status.peer_id.clone().unwrap();
+        assert!(
+            peer_ids.insert(peer_id.clone()),
+            "{name} shares PeerId {peer_id}"
+        );
+        assert!(
+            addresses.insert(status.address.clone().unwrap()),
+            "{name} shares its address"
+        );
+        let process = running
+            .get(&name)
+            .unwrap_or_else(|| panic!("no process for {name}"));
+        let starts = process.starts();
+        assert_eq!(starts.last().unwrap().peer_id, peer_id, "{name}");
+        checked += 3;
+    }
+
+    // Every live member registered exactly once: the contract counts exactly the live members,
+    // each under its own PeerId.
+    bed.wait_registered().await;
+    checked += members.len();
+
+    // Each member's reward for a round is on record at most once.
+    let submissions = bed.ledger().await.reward_submissions().await.unwrap();
+    let mut per_round: BTreeMap<(u64, Address), usize> = BTreeMap::new();
+    for key in &submissions {
+        *per_round.entry(*key).or_default() += 1;
+    }
+    let repeated: Vec<_> = per_round.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "submitted twice: {repeated:?}");
+    checked += per_round.len();
+
+    // The Swarm's status matches the members, pods and processes.
+    let swarm: Swarm = bed.f.api::<Swarm>().get(SWARM).await.unwrap();
+    let status = swarm.status.clone().unwrap();
+    let pods = pods(&bed.f.client, &bed.f.ns.name).await;
+    assert_eq!(status.replicas as usize, members.len());
+    assert_eq!(status.ready_replicas as usize, pods.len());
+    assert_eq!(running.len(), replicas);
+    for member in &members {
+        let name = member.name_any();
+        let pod = &pods[&name];
+        assert_eq!(
+            member.status.as_ref().and_then(|s| s.pod.clone()),
+            Some(name.clone())
+        );
+        assert_eq!(
+            running[&name].uid,
+            pod.uid().unwrap(),
+            "{name} runs its current pod"
+        );
+    }
+    checked += 3 + 2 * members.len();
+
+    let instances = bed.kubelet.all_instances().len();
+    println!(
+        "soak: {seconds} s, seed {seed}: {pod_deletions} pod deletions, {operator_restarts} operator \
+         restarts, {anvil_restarts} anvil restart; {instances} member processes started in all; \
+         {} member-round submissions on the chain; {checked} invariant checks passed",
+        submissions.len()
+    );
+}
