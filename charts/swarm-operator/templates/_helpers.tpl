@@ -30,6 +30,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.watchNamespace }}
 {{- end }}
 
+{{/* TCP port of telemetry.otlpEndpoint: the URL's own, else the scheme's default. */}}
+{{- define "swarm-operator.otlpPort" -}}
+{{- $url := urlParse .Values.telemetry.otlpEndpoint }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end }}
+{{- end }}
+
 {{- define "swarm-operator.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ else }}false{{ end }}
 {{- end }}
