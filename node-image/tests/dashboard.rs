@@ -13,8 +13,11 @@ use swarm_node::metrics::{LedgerOutcome, NodeMetrics};
 use swarm_node::report::RoundReport;
 use swarm_telemetry::Metrics;
 
+/// Renders one process's `/metrics` text.
+type Exposition = fn() -> String;
+
 /// Who exposes the metrics with a prefix.
-const SOURCES: [(&str, fn() -> String); 2] = [
+const SOURCES: [(&str, Exposition); 2] = [
     ("swarm_node_", node_exposition),
     ("swarm_operator_", operator_exposition),
 ];
