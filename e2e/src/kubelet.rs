@@ -108,6 +108,7 @@ struct State {
     addresses: BTreeMap<String, Ipv4Addr>,
     /// What happened, for diagnostics.
     journal: Vec<String>,
+    last_note: Option<String>,
 }
 
 struct Running {
@@ -154,6 +155,7 @@ impl Kubelet {
             instances: Vec::new(),
             addresses: BTreeMap::new(),
             journal: Vec::new(),
+            last_note: None,
         }));
         let task = tokio::spawn(sync_forever(Arc::clone(&state)));
         Kubelet { state, task }
@@ -240,9 +242,16 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Adds a line to the journal, unless it repeats the line before (a pod waiting for its claim
+/// would otherwise fill it, one line every pass).
 fn note(state: &Mutex<State>, line: String) {
+    let mut state = lock(state);
+    if state.last_note.as_deref() == Some(line.as_str()) {
+        return;
+    }
     let stamp = jiff::Timestamp::now().strftime("%H:%M:%S%.3f");
-    lock(state).journal.push(format!("{stamp} {line}"));
+    state.journal.push(format!("{stamp} {line}"));
+    state.last_note = Some(line);
 }
 
 /// One pass: bind claims, stop processes of pods that are gone, start those of new Running pods,
