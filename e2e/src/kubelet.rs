@@ -39,6 +39,9 @@ use swarm_node::report::NodeEvent;
 
 /// How often the harness compares the pods with its processes.
 const SYNC_EVERY: Duration = Duration::from_millis(300);
+/// Passes between updates of running pods' Secret and ConfigMap files (the kubelet's sync period
+/// is a minute; 3 s keeps the tests quick).
+const REFRESH_PASSES: u64 = 10;
 /// Longest wait for a stopped process to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Restart delay after an exit, doubling up to the cap, as the kubelet's crash-loop backoff does.
@@ -109,6 +112,7 @@ struct State {
     /// What happened, for diagnostics.
     journal: Vec<String>,
     last_note: Option<String>,
+    passes: u64,
 }
 
 struct Running {
@@ -126,6 +130,37 @@ struct Launch {
     args: Vec<String>,
     env: Vec<(String, String)>,
     root: PathBuf,
+    files: Files,
+}
+
+/// A pod's Secret and ConfigMap volumes, which the kubelet keeps up to date as the objects change.
+#[derive(Clone)]
+struct Files {
+    namespace: String,
+    /// Each volume and the folder it is written to.
+    projected: Vec<(Volume, PathBuf)>,
+    /// Every mount path and where it really is, longest first.
+    mounts: Vec<(String, PathBuf)>,
+}
+
+impl Files {
+    /// Writes every file whose contents (after rewriting) differ from what is there.
+    async fn write(&self, state: &Mutex<State>, client: &Client) -> Result<(), PodError> {
+        for (volume, dir) in &self.projected {
+            for (path, text, mode) in projected_files(client, &self.namespace, volume).await? {
+                let text = rewrite_dns(
+                    &rewrite_paths(&text, &self.mounts),
+                    &self.namespace,
+                    &mut |pod| address_of(&mut lock(state).addresses, pod),
+                );
+                let path = dir.join(path);
+                if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                    write_file(&path, &text, mode)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +191,7 @@ impl Kubelet {
             addresses: BTreeMap::new(),
             journal: Vec::new(),
             last_note: None,
+            passes: 0,
         }));
         let task = tokio::spawn(sync_forever(Arc::clone(&state)));
         Kubelet { state, task }
@@ -305,6 +341,24 @@ async fn sync(state: &Arc<Mutex<State>>) {
         }
     }
     restart_exited(state);
+
+    let refresh = {
+        let mut guard = lock(state);
+        guard.passes += 1;
+        guard.passes.is_multiple_of(REFRESH_PASSES)
+    };
+    if refresh {
+        let files: Vec<(String, Files)> = lock(state)
+            .running
+            .iter()
+            .map(|(uid, running)| (uid.clone(), running.launch.files.clone()))
+            .collect();
+        for (uid, files) in files {
+            if let Err(err) = files.write(state, &client).await {
+                note(state, format!("{uid}: updating its Secret and ConfigMap files: {err}"));
+            }
+        }
+    }
 }
 
 fn launch_new(state: &Arc<Mutex<State>>, pod: &Pod, launch: Launch) {
@@ -458,10 +512,10 @@ async fn prepare(
     };
     create(&root)?;
 
-    // Where each mount really is; volumes with files are written after all mounts are known, since
-    // their contents may name other mounts' paths.
+    // Where each mount really is; Secret and ConfigMap files are written once all mounts are
+    // known, since their contents may name other mounts' paths.
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
-    let mut files: Vec<(PathBuf, String, u32)> = Vec::new();
+    let mut projected: Vec<(Volume, PathBuf)> = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let volume = spec
             .volumes
@@ -470,32 +524,32 @@ async fn prepare(
             .find(|v| v.name == mount.name)
             .ok_or_else(|| PodError::Unsupported(format!("no volume {}", mount.name)))?;
         let local = root.join(mount.mount_path.trim_start_matches('/'));
-        let target = match volume_source(client, &namespace, volume).await? {
-            Source::Files(entries) => {
-                create(&local)?;
-                for (path, text, mode) in entries {
-                    files.push((local.join(path), text, mode));
-                }
-                local
-            }
-            Source::Scratch => {
-                create(&local)?;
-                local
-            }
-            Source::Host(path) => path,
+        let target = if volume.secret.is_some() || volume.config_map.is_some() {
+            create(&local)?;
+            projected.push((volume.clone(), local.clone()));
+            local
+        } else if volume.empty_dir.is_some() {
+            create(&local)?;
+            local
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            claim_path(client, &namespace, &claim.claim_name).await?
+        } else {
+            return Err(PodError::Unsupported(format!(
+                "volume {} is of a kind the harness does not run",
+                volume.name
+            )));
         };
         mounts.push((mount.mount_path.clone(), target));
     }
     // Longest first, so that a mount inside another wins.
     mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-
-    for (path, text, mode) in files {
-        let text = rewrite_dns(&rewrite_paths(&text, &mounts), &namespace, &mut |pod| {
-            address_of(&mut lock(state).addresses, pod)
-        });
-        write_file(&path, &text, mode)?;
-    }
-    let env = container_env(container, pod, address, &mounts)?;
+    let files = Files {
+        namespace,
+        projected,
+        mounts,
+    };
+    files.write(state, client).await?;
+    let env = container_env(container, pod, address, &files.mounts)?;
     Ok(Launch {
         program: container
             .command
@@ -512,6 +566,7 @@ async fn prepare(
             .collect(),
         env,
         root,
+        files,
     })
 }
 
@@ -524,18 +579,12 @@ fn address_of(addresses: &mut BTreeMap<String, Ipv4Addr>, name: &str) -> Ipv4Add
     })
 }
 
-enum Source {
-    /// Files to write: path inside the mount, contents, mode.
-    Files(Vec<(String, String, u32)>),
-    Scratch,
-    Host(PathBuf),
-}
-
-async fn volume_source(
+/// The files of a Secret or ConfigMap volume: path inside the mount, contents, mode.
+async fn projected_files(
     client: &Client,
     namespace: &str,
     volume: &Volume,
-) -> Result<Source, PodError> {
+) -> Result<Vec<(String, String, u32)>, PodError> {
     let api_error = |what: String| move |source| PodError::Api { what, source };
     if let Some(secret) = &volume.secret {
         let name = secret.secret_name.clone().unwrap_or_default();
@@ -551,54 +600,48 @@ async fn volume_source(
             .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
             .collect();
         let mode = secret.default_mode.unwrap_or(0o644);
-        return select(data, secret.items.as_deref(), mode as u32).map(Source::Files);
+        return select(data, secret.items.as_deref(), mode as u32);
     }
-    if let Some(config_map) = &volume.config_map {
-        let name = config_map.name.clone();
-        let found = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-            .get_opt(&name)
-            .await
-            .map_err(api_error(format!("get configmap {name}")))?
-            .ok_or_else(|| PodError::NotYet(format!("configmap {name} does not exist")))?;
-        let mode = config_map.default_mode.unwrap_or(0o644);
-        return select(
-            found.data.unwrap_or_default(),
-            config_map.items.as_deref(),
-            mode as u32,
-        )
-        .map(Source::Files);
-    }
-    if volume.empty_dir.is_some() {
-        return Ok(Source::Scratch);
-    }
-    if let Some(claim) = &volume.persistent_volume_claim {
-        let name = &claim.claim_name;
-        let found = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(api_error(format!("get claim {name}")))?
-            .ok_or_else(|| PodError::NotYet(format!("claim {name} does not exist")))?;
-        let volume_name = found
-            .spec
-            .and_then(|s| s.volume_name)
-            .ok_or_else(|| PodError::NotYet(format!("claim {name} is not bound")))?;
-        let volume = Api::<PersistentVolume>::all(client.clone())
-            .get(&volume_name)
-            .await
-            .map_err(api_error(format!("get volume {volume_name}")))?;
-        let path = volume
-            .spec
-            .and_then(|s| s.host_path)
-            .map(|h| h.path)
-            .ok_or_else(|| {
-                PodError::Unsupported(format!("volume {volume_name} is not a hostPath volume"))
-            })?;
-        return Ok(Source::Host(PathBuf::from(path)));
-    }
-    Err(PodError::Unsupported(format!(
-        "volume {} is of a kind the harness does not run",
-        volume.name
-    )))
+    let Some(config_map) = &volume.config_map else {
+        return Ok(Vec::new());
+    };
+    let name = config_map.name.clone();
+    let found = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&name)
+        .await
+        .map_err(api_error(format!("get configmap {name}")))?
+        .ok_or_else(|| PodError::NotYet(format!("configmap {name} does not exist")))?;
+    let mode = config_map.default_mode.unwrap_or(0o644);
+    select(
+        found.data.unwrap_or_default(),
+        config_map.items.as_deref(),
+        mode as u32,
+    )
+}
+
+/// The folder of the hostPath volume bound to claim `name`.
+async fn claim_path(client: &Client, namespace: &str, name: &str) -> Result<PathBuf, PodError> {
+    let api_error = |what: String| move |source| PodError::Api { what, source };
+    let found = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(api_error(format!("get claim {name}")))?
+        .ok_or_else(|| PodError::NotYet(format!("claim {name} does not exist")))?;
+    let volume_name = found
+        .spec
+        .and_then(|s| s.volume_name)
+        .ok_or_else(|| PodError::NotYet(format!("claim {name} is not bound")))?;
+    let volume = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume_name)
+        .await
+        .map_err(api_error(format!("get volume {volume_name}")))?;
+    volume
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| PathBuf::from(h.path))
+        .ok_or_else(|| {
+            PodError::Unsupported(format!("volume {volume_name} is not a hostPath volume"))
+        })
 }
 
 /// The entries of a Secret or ConfigMap a volume projects: the listed items, or every key.

@@ -32,6 +32,8 @@ pub struct Startup {
     pub member: String,
     pub key: MemberKey,
     pub config: NodeConfig,
+    /// Where the config was read: the node reads it again for peers and a ledger added later.
+    pub config_path: std::path::PathBuf,
 }
 
 impl Startup {
@@ -47,6 +49,7 @@ impl Startup {
             member,
             key,
             config,
+            config_path: config_path.to_path_buf(),
         })
     }
 

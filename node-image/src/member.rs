@@ -22,7 +22,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use swarm_model::{ChatTokenizer, ModelError, Precision, Qwen2};
-use swarm_node_config::{Dtype, NodeConfig, TrainingConfig};
+use swarm_node_config::{Dtype, NodeConfig, P2pConfig, TrainingConfig};
 use swarm_p2p::{
     Limits, Network, NetworkConfig, NetworkError, NetworkStatus, Received, RolloutMessage,
     SharedGroup,
@@ -218,6 +218,9 @@ pub fn run(
         runtime,
         metrics: node_metrics,
         config: config.clone(),
+        known_peers: bootstrap_addrs(&config.p2p),
+        config_path: startup.config_path.clone(),
+        key: startup.key,
     };
     let rounds_trained = member.train(resumed_from, out)?;
     NodeEvent::Finished(Finished {
@@ -311,24 +314,7 @@ fn network_config(startup: &Startup, options: &RunOptions) -> NetworkConfig {
     .iter()
     .filter_map(|addr| addr.parse::<Multiaddr>().ok())
     .collect();
-    // A peer list entry that does not parse, or names no peer, is skipped rather than fatal: the
-    // others may still work.
-    let bootstrap = p2p
-        .bootstrap_peers
-        .iter()
-        .chain(&p2p.external_peers)
-        .filter_map(|addr| match addr.parse::<Multiaddr>() {
-            Ok(parsed) if parsed.iter().any(|p| matches!(p, Protocol::P2p(_))) => Some(parsed),
-            Ok(_) => {
-                tracing::warn!(%addr, "skipping a bootstrap peer without /p2p/<peer id>");
-                None
-            }
-            Err(err) => {
-                tracing::warn!(%addr, %err, "skipping a bootstrap peer that is not a multiaddr");
-                None
-            }
-        })
-        .collect();
+    let bootstrap = bootstrap_addrs(p2p);
     let group_size =
         usize::try_from(startup.config.training.completions_per_question).unwrap_or(usize::MAX);
     NetworkConfig {
@@ -342,6 +328,26 @@ fn network_config(startup: &Startup, options: &RunOptions) -> NetworkConfig {
             group_size,
         )
     }
+}
+
+/// The config's bootstrap and external peers. An entry that does not parse, or names no peer, is
+/// skipped rather than fatal: the others may still work.
+fn bootstrap_addrs(p2p: &P2pConfig) -> Vec<Multiaddr> {
+    p2p.bootstrap_peers
+        .iter()
+        .chain(&p2p.external_peers)
+        .filter_map(|addr| match addr.parse::<Multiaddr>() {
+            Ok(parsed) if parsed.iter().any(|p| matches!(p, Protocol::P2p(_))) => Some(parsed),
+            Ok(_) => {
+                tracing::warn!(%addr, "skipping a bootstrap peer without /p2p/<peer id>");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(%addr, %err, "skipping a bootstrap peer that is not a multiaddr");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Peers' accepted rollouts by round, until the round's training takes them.
@@ -459,6 +465,10 @@ struct Member {
     runtime: tokio::runtime::Runtime,
     metrics: NodeMetrics,
     config: NodeConfig,
+    /// Bootstrap addresses handed to the network so far.
+    known_peers: Vec<Multiaddr>,
+    config_path: PathBuf,
+    key: swarm_identity::MemberKey,
 }
 
 impl Member {
@@ -480,6 +490,7 @@ impl Member {
                 Timestamp::now(),
                 self.clock.start_of(round),
             ));
+            self.refresh_config();
             let skipped = last.map_or(0, |last| round - last - 1);
             let report = self.round(round, skipped)?;
             self.metrics.record_round(&report);
@@ -488,6 +499,54 @@ impl Member {
                 .map_err(NodeError::Report)?;
             last = Some(round);
             trained += 1;
+        }
+    }
+
+    /// Reads the mounted config again, which the kubelet updates in place when the operator
+    /// changes the ConfigMap: members whose identity was not known yet, or added by a scale-up,
+    /// are dialled, and a ledger whose contract became known is used from now on. The rest of a
+    /// running member's config does not change (the operator keeps it immutable or the pod is
+    /// replaced).
+    fn refresh_config(&mut self) {
+        let latest = match NodeConfig::load(&self.config_path) {
+            Ok(latest) if latest.swarm.uid == self.config.swarm.uid => latest,
+            Ok(_) => {
+                tracing::warn!("the mounted config now names another swarm; ignoring it");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the mounted config again; keeping the one loaded");
+                return;
+            }
+        };
+        let added: Vec<Multiaddr> = bootstrap_addrs(&latest.p2p)
+            .into_iter()
+            .filter(|addr| !self.known_peers.contains(addr))
+            .collect();
+        if !added.is_empty() {
+            match self
+                .runtime
+                .block_on(self.network.add_bootstrap_peers(&added))
+            {
+                Ok(()) => {
+                    tracing::info!(peers = added.len(), "dialling peers added to the config");
+                    self.known_peers.extend(added);
+                }
+                Err(err) => tracing::warn!(%err, "cannot add the config's new peers"),
+            }
+        }
+        if self.ledger.is_none()
+            && let Some(ledger) = &latest.ledger
+        {
+            match LedgerReporter::start(
+                self.runtime.handle(),
+                ledger,
+                &self.key,
+                self.metrics.clone(),
+            ) {
+                Ok(reporter) => self.ledger = Some(reporter),
+                Err(err) => tracing::warn!(%err, "cannot use the ledger the config now names"),
+            }
         }
     }
 

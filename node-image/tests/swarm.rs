@@ -150,6 +150,18 @@ impl Swarm {
 
     /// Starts member `index`'s node; its identity and config files are (re)written first.
     fn start(&self, index: usize) -> Node {
+        self.start_with(index, self.config(index))
+    }
+
+    /// Writes member `index`'s config file, which a running node reads again every round.
+    fn write_config(&self, index: usize, config: &NodeConfig) -> PathBuf {
+        let path = self.dir(index).join("node.yaml");
+        std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
+        path
+    }
+
+    /// Starts member `index`'s node with `config`.
+    fn start_with(&self, index: usize, config: NodeConfig) -> Node {
         let dir = self.dir(index);
         let identity = dir.join("identity");
         std::fs::create_dir_all(&identity).unwrap();
@@ -158,8 +170,7 @@ impl Swarm {
             self.members[index].key.secret_data(),
         )
         .unwrap();
-        let config = dir.join("node.yaml");
-        std::fs::write(&config, self.config(index).to_yaml().unwrap()).unwrap();
+        let config = self.write_config(index, &config);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -327,6 +338,31 @@ fn members_exchange_rollouts_and_train_on_them() {
             "never trained on a peer's group: {rounds:?}"
         );
         assert!(rounds.iter().all(|r| r.messages_rejected.is_empty()));
+    }
+}
+
+#[test]
+fn peers_added_to_the_config_while_running_are_dialled() {
+    let _lock = one_at_a_time();
+    let swarm = Swarm::new(2, 6);
+    // Both start knowing nobody, as a pod started before the operator knew its peers' identities.
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let mut config = swarm.config(i);
+            config.p2p.bootstrap_peers.clear();
+            swarm.start_with(i, config)
+        })
+        .collect();
+    nodes[0].wait_round(1, swarm_timeout(2));
+    assert!(nodes[0].rounds.iter().all(|r| r.peers == 0), "{:?}", nodes[0].rounds);
+    // The kubelet updates the mounted ConfigMap in place once the operator lists every member.
+    for i in 0..2 {
+        swarm.write_config(i, &swarm.config(i));
+    }
+    for node in &mut nodes {
+        node.wait_finished(swarm_timeout(6));
+        let last = node.rounds.last().unwrap();
+        assert_eq!((last.peers, last.external_peers), (1, 1), "{last:?}");
     }
 }
 

@@ -190,6 +190,8 @@ enum Command {
         reply: oneshot::Sender<Result<(), NetworkError>>,
     },
     Status(oneshot::Sender<NetworkStatus>),
+    /// More bootstrap peers (e.g. members added since the node started), already grouped.
+    AddBootstrap(BTreeMap<PeerId, Vec<Multiaddr>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -222,14 +224,6 @@ impl Network {
                 return Err(NetworkError::Listen { addr, source });
             }
         }
-        for (peer, addrs) in &bootstrap {
-            for addr in addrs {
-                swarm
-                    .behaviour_mut()
-                    .kademlia
-                    .add_address(peer, addr.clone());
-            }
-        }
         info!(peer_id = %local_peer_id, topic = %topic, bootstrap_peers = bootstrap.len(), "p2p node started");
 
         let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
@@ -237,8 +231,7 @@ impl Network {
         let (inbox, inbox_rx) = mpsc::channel(config.inbox_capacity.max(1));
         let (listen_tx, listen_addrs) = watch::channel(Vec::new());
         let round = Arc::new(AtomicU64::new(0));
-        let now = Instant::now();
-        let event_loop = EventLoop {
+        let mut event_loop = EventLoop {
             swarm,
             topic,
             limits: config.limits,
@@ -249,20 +242,10 @@ impl Network {
             inbox,
             listen_addrs: listen_tx,
             backoff: config.redial,
-            bootstrap: bootstrap
-                .into_iter()
-                .map(|(peer, addrs)| {
-                    let redial = Redial {
-                        addrs,
-                        delay: config.redial.initial,
-                        next_attempt: now,
-                        dialing: false,
-                    };
-                    (peer, redial)
-                })
-                .collect(),
+            bootstrap: HashMap::new(),
             counters: Counters::default(),
         };
+        event_loop.add_bootstrap(bootstrap);
         tokio::spawn(event_loop.run(command_rx));
         let network = Network {
             local_peer_id,
@@ -315,6 +298,13 @@ impl Network {
             // An error means the loop already ended, which is what was asked for.
             let _ = done.await;
         }
+    }
+
+    /// Adds bootstrap peers to redial like those the node started with (known ones and the node
+    /// itself are skipped). An entry without `/p2p/<peer id>` is an error; nothing is added then.
+    pub async fn add_bootstrap_peers(&self, addrs: &[Multiaddr]) -> Result<(), NetworkError> {
+        let peers = bootstrap_peers(addrs, self.local_peer_id)?;
+        self.send(Command::AddBootstrap(peers)).await
     }
 
     async fn send(&self, command: Command) -> Result<(), NetworkError> {
@@ -391,6 +381,7 @@ impl EventLoop {
                     Some(Command::Status(reply)) => {
                         let _ = reply.send(self.status());
                     }
+                    Some(Command::AddBootstrap(peers)) => self.add_bootstrap(peers),
                     // Every handle is gone: nobody can use the node any more.
                     None => break None,
                 },
@@ -557,6 +548,31 @@ impl EventLoop {
         self.limiter.forget_before(expect.oldest_round());
         self.limiter.admit(author, rollouts.round)?;
         Ok((rollouts, author))
+    }
+
+    /// Remembers new bootstrap peers (for the DHT too) and dials them at the next tick.
+    fn add_bootstrap(&mut self, peers: BTreeMap<PeerId, Vec<Multiaddr>>) {
+        let now = Instant::now();
+        for (peer, addrs) in peers {
+            if self.bootstrap.contains_key(&peer) {
+                continue;
+            }
+            for addr in &addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kademlia
+                    .add_address(&peer, addr.clone());
+            }
+            self.bootstrap.insert(
+                peer,
+                Redial {
+                    addrs,
+                    delay: self.backoff.initial,
+                    next_attempt: now,
+                    dialing: false,
+                },
+            );
+        }
     }
 
     fn redial_bootstrap_peers(&mut self) {
