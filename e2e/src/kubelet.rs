@@ -355,7 +355,10 @@ async fn sync(state: &Arc<Mutex<State>>) {
             .collect();
         for (uid, files) in files {
             if let Err(err) = files.write(state, &client).await {
-                note(state, format!("{uid}: updating its Secret and ConfigMap files: {err}"));
+                note(
+                    state,
+                    format!("{uid}: updating its Secret and ConfigMap files: {err}"),
+                );
             }
         }
     }

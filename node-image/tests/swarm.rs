@@ -354,7 +354,11 @@ fn peers_added_to_the_config_while_running_are_dialled() {
         })
         .collect();
     nodes[0].wait_round(1, swarm_timeout(2));
-    assert!(nodes[0].rounds.iter().all(|r| r.peers == 0), "{:?}", nodes[0].rounds);
+    assert!(
+        nodes[0].rounds.iter().all(|r| r.peers == 0),
+        "{:?}",
+        nodes[0].rounds
+    );
     // The kubelet updates the mounted ConfigMap in place once the operator lists every member.
     for i in 0..2 {
         swarm.write_config(i, &swarm.config(i));
