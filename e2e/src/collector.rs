@@ -1,5 +1,5 @@
 //! A real OpenTelemetry Collector (`e2e/tools/otelcol`, built by `e2e/bin/build-tools`) as a local
-//! process: OTLP in on loopback ports, everything received written to `otlp.jsonl` as OTLP JSON,
+//! process: OTLP in on a loopback port, everything received written to `otlp.jsonl` as OTLP JSON,
 //! which the tests read back as spans and metrics.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,6 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// The collector process; killed when dropped.
 pub struct Collector {
     child: Child,
-    grpc_port: u16,
     http_port: u16,
     output: PathBuf,
     log: PathBuf,
@@ -41,13 +40,13 @@ pub struct ExportedMetric {
 
 impl Collector {
     /// Writes `dir/otelcol.yaml`, starts `binary` with it (log in `dir/otelcol.log`) and returns
-    /// once both OTLP ports accept connections.
+    /// once its OTLP/HTTP port accepts connections.
     pub fn start(binary: &Path, dir: &Path) -> Self {
-        let (grpc_port, http_port) = (super::free_port(), super::free_port());
+        let http_port = super::free_port();
         let output = dir.join("otlp.jsonl");
         let log = dir.join("otelcol.log");
         let config = dir.join("otelcol.yaml");
-        let yaml = serde_yaml_ng::to_string(&config_yaml(grpc_port, http_port, &output))
+        let yaml = serde_yaml_ng::to_string(&config_yaml(http_port, &output))
             .expect("collector config yaml");
         std::fs::write(&config, yaml).expect("write collector config");
         let file = std::fs::File::create(&log).expect("collector log file");
@@ -59,17 +58,12 @@ impl Collector {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let mut collector = Self {
             child,
-            grpc_port,
             http_port,
             output,
             log,
         };
         collector.wait_until_listening();
         collector
-    }
-
-    pub fn grpc_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     pub fn http_endpoint(&self) -> String {
@@ -97,14 +91,12 @@ impl Collector {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("otelcol exited ({status}):\n{}", self.log_text());
             }
-            let up = |port| TcpStream::connect(("127.0.0.1", port)).is_ok();
-            if up(self.grpc_port) && up(self.http_port) {
+            if TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "otelcol not listening on {} and {} after {STARTUP:?}:\n{}",
-                    self.grpc_port,
+                    "otelcol not listening on {} after {STARTUP:?}:\n{}",
                     self.http_port,
                     self.log_text()
                 );
@@ -125,11 +117,11 @@ impl Drop for Collector {
     }
 }
 
-fn config_yaml(grpc_port: u16, http_port: u16, output: &Path) -> Value {
+/// OTLP over HTTP only: the operator and the node export with OTLP/HTTP.
+fn config_yaml(http_port: u16, output: &Path) -> Value {
     let pipeline = json!({ "receivers": ["otlp"], "exporters": ["file"] });
     json!({
         "receivers": { "otlp": { "protocols": {
-            "grpc": { "endpoint": format!("127.0.0.1:{grpc_port}") },
             "http": { "endpoint": format!("127.0.0.1:{http_port}") },
         } } },
         // The default flush interval is 1 s; shorter keeps the tests' polling short.

@@ -130,6 +130,8 @@ struct Launch {
     args: Vec<String>,
     env: Vec<(String, String)>,
     root: PathBuf,
+    /// The pod network's address of the pod.
+    address: Ipv4Addr,
     files: Files,
 }
 
@@ -370,11 +372,10 @@ fn launch_new(state: &Arc<Mutex<State>>, pod: &Pod, launch: Launch) {
     match spawn(&launch) {
         Ok(child) => {
             let mut guard = lock(state);
-            let address = guard.addresses.get(&name).copied();
             guard.instances.push(Instance {
                 pod: name.clone(),
                 uid: uid.clone(),
-                address: address.unwrap_or(Ipv4Addr::LOCALHOST),
+                address: launch.address,
                 root: launch.root.clone(),
                 restarts: 0,
                 running: true,
@@ -569,6 +570,7 @@ async fn prepare(
             .collect(),
         env,
         root,
+        address,
         files,
     })
 }

@@ -332,7 +332,7 @@ impl OperatorProcess {
 
     /// The process's `/metrics`, or None while it does not serve yet.
     pub async fn metrics(&self) -> Option<String> {
-        http_get(self.admin_port, "/metrics").await
+        http_get(&format!("127.0.0.1:{}", self.admin_port), "/metrics").await
     }
 
     pub fn log_tail(&self) -> String {
@@ -355,11 +355,11 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-async fn http_get(port: u16, path: &str) -> Option<String> {
+/// The response to a GET of `path` at `addr` (`host:port`), status line first; `None` unless it
+/// answers 200.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();

@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
 use swarm_ledger::{Address, LedgerClient, LedgerOptions, PrivateKeySigner};
-use swarm_operator::api::{Swarm, SwarmMember};
+use swarm_operator::api::Swarm;
 
 use crate::collector::Collector;
 use crate::kubelet::{Instance, Kubelet, host_path_volume};
@@ -234,10 +234,6 @@ spec:
         .await;
     }
 
-    pub async fn members(&self) -> Vec<SwarmMember> {
-        self.f.members().await
-    }
-
     /// A read-only view of the Swarm's contract.
     pub async fn ledger(&self) -> LedgerClient {
         let swarm: Swarm = self.f.api::<Swarm>().get(SWARM).await.unwrap();
@@ -262,12 +258,12 @@ spec:
 
     /// Waits until exactly the live members are registered on the chain, each under its own PeerId.
     pub async fn wait_registered(&self) {
+        let ledger = &self.ledger().await;
         self.wait(
             "exactly the live members to be registered on the ledger",
             Duration::from_secs(60),
             || async {
-                let ledger = self.ledger().await;
-                let members = self.members().await;
+                let members = self.f.members().await;
                 let count = ledger.member_count().await.map_err(|e| e.to_string())?;
                 let mut problems = Vec::new();
                 for member in &members {
@@ -355,16 +351,6 @@ pub async fn create_model_volume(f: &Fixture) {
 /// The harness's newest instance of `pod`.
 pub fn newest(kubelet: &Kubelet, pod: &str) -> Instance {
     kubelet.instances(pod).pop().unwrap()
-}
-
-pub async fn http_get_text(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
 }
 
 /// Pods of the swarm, by name.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
+use swarm_e2e::http_get;
 use swarm_e2e::testbed::*;
 use swarm_ledger::Address;
 use swarm_operator::api::Swarm;
@@ -25,7 +26,7 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     bed.wait_training_together(4).await;
     bed.wait_registered().await;
     let ledger = bed.ledger().await;
-    for member in bed.members().await {
+    for member in bed.f.members().await {
         let status = member.status.unwrap();
         let running = newest(&bed.kubelet, &member.metadata.name.clone().unwrap());
         assert_eq!(
@@ -43,7 +44,9 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     // The node's own /metrics, on its pod address, agrees with what it reported.
     let first = newest(&bed.kubelet, &format!("{SWARM}-0"));
     let admin = first.starts()[0].metrics.clone().unwrap();
-    let metrics = http_get_text(&admin, "/metrics").await;
+    let metrics = http_get(&admin, "/metrics")
+        .await
+        .expect("the node's /metrics");
     assert!(
         metrics.contains("swarm_node_peers_connected 3.0"),
         "{metrics}"
@@ -115,40 +118,38 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
         "the operator's and the nodes' spans and metrics at the collector",
         Duration::from_secs(30),
         || async {
-            let spans: BTreeSet<(String, String)> = bed
+            let spans = bed
                 .collector
                 .spans()
                 .into_iter()
-                .map(|s| (s.service, s.name))
-                .collect();
-            let metrics: BTreeSet<(String, String)> = bed
+                .map(|s| (s.service, s.name));
+            let metrics = bed
                 .collector
                 .metrics()
                 .into_iter()
-                .map(|m| (m.service, m.name))
-                .collect();
-            let missing_spans: Vec<_> = [
-                ("swarm-operator", "reconcile"),
-                ("swarm-node", "round"),
-                ("swarm-node", "generate"),
-                ("swarm-node", "gather"),
-                ("swarm-node", "train"),
-                ("swarm-node", "submit"),
-            ]
-            .into_iter()
-            .filter(|(service, name)| !spans.contains(&((*service).into(), (*name).into())))
-            .collect();
-            let missing_metrics: Vec<_> = [
-                ("swarm-operator", "swarm_operator_reconciliations"),
-                ("swarm-operator", "swarm_operator_api_requests"),
-                ("swarm-node", "swarm_node_rounds"),
-                ("swarm-node", "swarm_node_reward"),
-                ("swarm-node", "swarm_node_messages_accepted"),
-                ("swarm-node", "swarm_node_ledger_submissions"),
-            ]
-            .into_iter()
-            .filter(|(service, name)| !metrics.contains(&((*service).into(), (*name).into())))
-            .collect();
+                .map(|m| (m.service, m.name));
+            let missing_spans = missing(
+                spans,
+                &[
+                    ("swarm-operator", "reconcile"),
+                    ("swarm-node", "round"),
+                    ("swarm-node", "generate"),
+                    ("swarm-node", "gather"),
+                    ("swarm-node", "train"),
+                    ("swarm-node", "submit"),
+                ],
+            );
+            let missing_metrics = missing(
+                metrics,
+                &[
+                    ("swarm-operator", "swarm_operator_reconciliations"),
+                    ("swarm-operator", "swarm_operator_api_requests"),
+                    ("swarm-node", "swarm_node_rounds"),
+                    ("swarm-node", "swarm_node_reward"),
+                    ("swarm-node", "swarm_node_messages_accepted"),
+                    ("swarm-node", "swarm_node_ledger_submissions"),
+                ],
+            );
             if missing_spans.is_empty() && missing_metrics.is_empty() {
                 Ok(())
             } else {
@@ -158,6 +159,19 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     )
     .await;
     println!("{}", bed.summary());
+}
+
+/// The (service, name) pairs of `wanted` that are not among those `exported`.
+fn missing<'a>(
+    exported: impl Iterator<Item = (String, String)>,
+    wanted: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let exported: BTreeSet<(String, String)> = exported.collect();
+    wanted
+        .iter()
+        .filter(|(service, name)| !exported.contains(&((*service).into(), (*name).into())))
+        .copied()
+        .collect()
 }
 
 /// A small seeded generator for the soak's choices; the seed is printed, so a run can be repeated.
@@ -268,7 +282,7 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
     let mut checked = 0;
 
     // No two live members share an identity, and each process runs the identity of its member.
-    let members = bed.members().await;
+    let members = bed.f.members().await;
     let running = bed.kubelet.running();
     let mut peer_ids = BTreeSet::new();
     let mut addresses = BTreeSet::new();

@@ -166,7 +166,8 @@ pub fn run(
         None => None,
     };
 
-    let network_config = network_config(&startup, options);
+    let bootstrap = bootstrap_addrs(&config.p2p);
+    let network_config = network_config(&startup, options, bootstrap.clone());
     let (network, incoming) = runtime.block_on(Network::start(network_config))?;
     let inbox = Arc::new(Mutex::new(Inbox::default()));
     runtime.spawn(file_messages(incoming, Arc::clone(&inbox)));
@@ -218,7 +219,7 @@ pub fn run(
         runtime,
         metrics: node_metrics,
         config: config.clone(),
-        known_peers: bootstrap_addrs(&config.p2p),
+        known_peers: bootstrap,
         config_path: startup.config_path.clone(),
         key: startup.key,
     };
@@ -300,7 +301,11 @@ fn resume(dir: &Path, policy: &Qwen2, trainer: &mut GrpoTrainer) -> Result<Optio
     Ok(Some(checkpoint.round))
 }
 
-fn network_config(startup: &Startup, options: &RunOptions) -> NetworkConfig {
+fn network_config(
+    startup: &Startup,
+    options: &RunOptions,
+    bootstrap: Vec<Multiaddr>,
+) -> NetworkConfig {
     let p2p = &startup.config.p2p;
     let port = options.listen_port.unwrap_or(p2p.port);
     let host = match options.listen_host {
@@ -314,7 +319,6 @@ fn network_config(startup: &Startup, options: &RunOptions) -> NetworkConfig {
     .iter()
     .filter_map(|addr| addr.parse::<Multiaddr>().ok())
     .collect();
-    let bootstrap = bootstrap_addrs(p2p);
     let group_size =
         usize::try_from(startup.config.training.completions_per_question).unwrap_or(usize::MAX);
     NetworkConfig {

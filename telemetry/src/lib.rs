@@ -11,4 +11,4 @@ mod metrics;
 mod otlp;
 
 pub use metrics::{Counter, Gauge, Histogram, Metrics, exponential_buckets};
-pub use otlp::{LogFormat, Telemetry, TelemetryError, otlp_endpoint};
+pub use otlp::{LogFormat, Telemetry, TelemetryError};

@@ -46,7 +46,7 @@ pub struct Telemetry {
 
 /// The configured OTLP endpoint, shown as `scheme://host:port` only (its path or query may carry
 /// a token); `None` when export is off.
-pub fn otlp_endpoint() -> Option<String> {
+fn otlp_endpoint() -> Option<String> {
     let raw = ENDPOINT_VARIABLES
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))?;
@@ -68,22 +68,21 @@ impl Telemetry {
         let (tracer_provider, meter_provider) = match &endpoint {
             Some(endpoint) => {
                 let resource = resource(service_name);
+                let failed = |signal| {
+                    move |source| TelemetryError::Exporter {
+                        signal,
+                        endpoint: endpoint.clone(),
+                        source,
+                    }
+                };
                 let spans = SpanExporter::builder()
                     .with_http()
                     .build()
-                    .map_err(|source| TelemetryError::Exporter {
-                        signal: "trace",
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
+                    .map_err(failed("trace"))?;
                 let metrics = MetricExporter::builder()
                     .with_http()
                     .build()
-                    .map_err(|source| TelemetryError::Exporter {
-                        signal: "metric",
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
+                    .map_err(failed("metric"))?;
                 (
                     Some(
                         SdkTracerProvider::builder()

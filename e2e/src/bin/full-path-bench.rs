@@ -7,8 +7,9 @@
 //! to a round of waiting by design. Run it through `e2e/bin/bench-full-path`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use swarm_e2e::kubelet::Instance;
 use swarm_e2e::testbed::{ROUND_SECONDS, SWARM, TRAINING, Testbed};
 use swarm_operator::api::Swarm;
 
@@ -37,6 +38,9 @@ async fn main() {
     }
 }
 
+/// Whether a member's process has reached a milestone.
+type Reached<'a> = dyn Fn(&Instance) -> bool + 'a;
+
 async fn run(n: usize) -> [f64; 4] {
     let bed = Testbed::new(&format!("fp{n}")).await;
     let swarms = bed.f.api::<Swarm>();
@@ -60,56 +64,32 @@ async fn run(n: usize) -> [f64; 4] {
     .await;
     let running = started.elapsed().as_secs_f64();
 
-    let all = |done: &dyn Fn(&swarm_e2e::kubelet::Instance) -> bool| {
-        let running = bed.kubelet.running();
-        running.len() == n && running.values().all(done)
-    };
-    bed.wait(&format!("{n} processes started"), TRAINING, || async {
-        if all(&|i| !i.starts().is_empty()) {
-            Ok(())
-        } else {
-            Err(())
-        }
-    })
-    .await;
-    let processes = started.elapsed().as_secs_f64();
-
-    bed.wait(
-        &format!("{n} members training together"),
-        TRAINING,
-        || async {
-            if all(&|i| {
-                i.rounds()
-                    .iter()
-                    .any(|r| r.peers == n - 1 && r.external_peers == n - 1)
-            }) {
+    // After Running, each milestone is when every member's process has reached it.
+    let milestones: [(&str, &Reached); 3] = [
+        ("processes started", &|i| !i.starts().is_empty()),
+        ("members training together", &|i| {
+            i.rounds()
+                .iter()
+                .any(|r| r.peers == n - 1 && r.external_peers == n - 1)
+        }),
+        ("members with a round on the ledger", &|i| {
+            i.rounds()
+                .iter()
+                .any(|r| r.ledger_recorded.unwrap_or(0) >= 1)
+        }),
+    ];
+    let mut seconds = [running, 0.0, 0.0, 0.0];
+    for ((what, reached), at) in milestones.into_iter().zip(&mut seconds[1..]) {
+        bed.wait(&format!("{n} {what}"), TRAINING, || async {
+            let running = bed.kubelet.running();
+            if running.len() == n && running.values().all(reached) {
                 Ok(())
             } else {
                 Err(())
             }
-        },
-    )
-    .await;
-    let training = started.elapsed().as_secs_f64();
-
-    bed.wait(
-        &format!("{n} members with a round on the ledger"),
-        TRAINING,
-        || async {
-            if all(&|i| {
-                i.rounds()
-                    .iter()
-                    .any(|r| r.ledger_recorded.unwrap_or(0) >= 1)
-            }) {
-                Ok(())
-            } else {
-                Err(())
-            }
-        },
-    )
-    .await;
-    let recorded = started.elapsed().as_secs_f64();
-    // The Testbed's drop stops the processes, anvil and the collector before the next size.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    [running, processes, training, recorded]
+        })
+        .await;
+        *at = started.elapsed().as_secs_f64();
+    }
+    seconds
 }
