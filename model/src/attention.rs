@@ -9,6 +9,30 @@ use crate::layers::Linear;
 use crate::rope::RopeTables;
 use crate::{KvCache, ModelError};
 
+/// Where a layer's keys and values for earlier positions come from, and where its new ones go.
+pub(crate) enum Past<'a> {
+    /// An incremental-decoding cache: the new keys and values are stored as slot `layer`, and the
+    /// tokens attend to everything cached.
+    Cache(&'a mut KvCache, usize),
+    /// The new tokens continue `prefix`'s keys and values (`[batch, kv_heads, prefix, head_dim]`),
+    /// when there is one; with `collect`, the keys and values of prefix and new tokens together
+    /// are handed back (with their gradient), to serve as the prefix of later tokens.
+    Prefix {
+        prefix: Option<(&'a Tensor, &'a Tensor)>,
+        collect: Option<&'a mut Vec<(Tensor, Tensor)>>,
+    },
+}
+
+impl Past<'_> {
+    /// No earlier positions, nothing handed back.
+    pub(crate) fn none() -> Self {
+        Past::Prefix {
+            prefix: None,
+            collect: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Attention {
     q_proj: Linear,
@@ -37,14 +61,13 @@ impl Attention {
     }
 
     /// `x`: `[batch, seq, hidden]`; `mask`: boolean `[batch, 1, seq, keys]`, true where a query may
-    /// attend a key, with `keys` = cached + new positions. With a cache, this layer's keys and
-    /// values for the new positions are stored in it as slot `layer`.
+    /// attend a key, with `keys` = earlier (`past`) + new positions.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         rope: &RopeTables,
         mask: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
+        past: Past<'_>,
     ) -> Result<Tensor, ModelError> {
         let (batch, seq, _) = x.size3()?;
         let heads = |t: Tensor, n: i64| -> Result<Tensor, ModelError> {
@@ -54,9 +77,21 @@ impl Attention {
         let q = rope.apply(&heads(self.q_proj.forward(x)?, self.num_heads)?)?;
         let k = rope.apply(&heads(self.k_proj.forward(x)?, self.num_kv_heads)?)?;
         let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.store(layer, &k, &v)?,
-            None => (k, v),
+        let (k, v) = match past {
+            Past::Cache(cache, layer) => cache.store(layer, &k, &v)?,
+            Past::Prefix { prefix, collect } => {
+                let (k, v) = match prefix {
+                    Some((keys, values)) => (
+                        Tensor::f_cat(&[keys, &k], 2)?,
+                        Tensor::f_cat(&[values, &v], 2)?,
+                    ),
+                    None => (k, v),
+                };
+                if let Some(collected) = collect {
+                    collected.push((k.shallow_clone(), v.shallow_clone()));
+                }
+                (k, v)
+            }
         };
         // Each key/value head serves `group` consecutive query heads (transformers' repeat_kv).
         let group = self.num_heads / self.num_kv_heads;

@@ -77,6 +77,40 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Replaces this cache's contents with rows of `source`: row `i` becomes `source`'s row
+    /// `rows[i]` (`rows`: int64 `[batch_size]`), with all of its cached positions. Prompts that
+    /// several rows continue are then prefilled once, in a smaller cache, and spread here.
+    pub fn fill_from(&mut self, source: &KvCache, rows: &Tensor) -> Result<(), ModelError> {
+        if rows.size() != [self.batch_size] {
+            return Err(ModelError::Input(format!(
+                "row selection has shape {:?}, the cache holds {} rows",
+                rows.size(),
+                self.batch_size
+            )));
+        }
+        if source.len > self.capacity || source.keys.len() != self.keys.len() {
+            return Err(ModelError::Input(format!(
+                "a cache of {} layers and {} positions does not fit one of {} layers and capacity {}",
+                source.keys.len(),
+                source.len,
+                self.keys.len(),
+                self.capacity
+            )));
+        }
+        let pairs = self
+            .keys
+            .iter()
+            .zip(&source.keys)
+            .chain(self.values.iter().zip(&source.values));
+        for (target, from) in pairs {
+            target
+                .f_narrow(2, 0, source.len)?
+                .f_copy_(&from.f_narrow(2, 0, source.len)?.f_index_select(0, rows)?)?;
+        }
+        self.len = source.len;
+        Ok(())
+    }
+
     /// Checks that `new_tokens` more positions fit before any layer writes.
     pub(crate) fn check_room(&self, batch_size: i64, new_tokens: i64) -> Result<(), ModelError> {
         if batch_size != self.batch_size {

@@ -48,7 +48,7 @@ impl ChatMessage {
 /// `tokenizer_config.json`: for plain system/user/assistant messages every Qwen2 and Qwen2.5
 /// template renders the same ChatML text, and the fixture test compares it with transformers'
 /// `apply_chat_template`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatTokenizer {
     tokenizer: tokenizers::Tokenizer,
     default_system: Option<String>,

@@ -184,6 +184,113 @@ fn kept_logits_and_logprobs_match_the_full_ones() {
     }
 }
 
+/// Rows that share a prompt, as GRPO's groups do, laid out right-padded: `(input_ids,
+/// attention_mask, completion_mask)`. Rows 0-2 continue one prompt, rows 3-4 another (whose
+/// second row has a completion of one token), row 5 a third; prompts and completions differ in
+/// length. Every prompt begins with `common` (as chat prompts begin with a system prompt).
+fn grouped_rows(vocab: i64, common: &[i64]) -> (Tensor, Tensor, Tensor) {
+    let own: [&[i64]; 3] = [&[5, 9, 13, 2, 7], &[11, 3], &[4, 4, 8, 1]];
+    let prompts: Vec<Vec<i64>> = own.iter().map(|p| [common, p].concat()).collect();
+    let rows: [(usize, &[i64]); 6] = [
+        (0, &[20, 21, 22]),
+        (0, &[23]),
+        (0, &[20, 24, 25, 26]),
+        (1, &[30, 31]),
+        (1, &[32]),
+        (2, &[40, 41, 42]),
+    ];
+    let width = 9 + common.len();
+    let (mut ids, mut attention, mut completion) = (Vec::new(), Vec::new(), Vec::new());
+    for (prompt, tokens) in rows {
+        let prompt = &prompts[prompt];
+        let padding = width - prompt.len() - tokens.len();
+        ids.extend(prompt.iter().chain(tokens).map(|id| id % vocab));
+        ids.extend(std::iter::repeat_n(0, padding));
+        attention.extend(std::iter::repeat_n(1i64, prompt.len() + tokens.len()));
+        attention.extend(std::iter::repeat_n(0, padding));
+        completion.extend(std::iter::repeat_n(0i64, prompt.len()));
+        completion.extend(std::iter::repeat_n(1, tokens.len()));
+        completion.extend(std::iter::repeat_n(0, padding));
+    }
+    let shape = [rows.len() as i64, width as i64];
+    let tensor = |values: Vec<i64>| Tensor::from_slice(&values).view(shape);
+    (tensor(ids), tensor(attention), tensor(completion))
+}
+
+/// Each distinct prompt computed once (and the part all prompts begin with once) gives the
+/// completion tokens the log-probabilities, and the parameters the gradients, of the full per-row
+/// computation.
+#[test]
+fn completion_logprobs_share_prompts_and_match_the_full_ones() {
+    for (name, common) in [
+        (UNTIED, &[][..]),
+        (UNTIED, &[1, 2, 3][..]),
+        (TIED_SHARDED, &[][..]),
+        (TIED_SHARDED, &[7][..]),
+    ] {
+        let model = load(name);
+        let (ids, attention, completion) = grouped_rows(model.config().vocab_size, common);
+        let trained = completion.narrow(1, 1, ids.size()[1] - 1).ne(0);
+        let weights = Tensor::randn(trained.size(), (Kind::Float, Device::Cpu));
+        let gradients = |logprobs: &Tensor| -> Vec<(String, Tensor)> {
+            let masked = logprobs.where_self(&trained, &logprobs.zeros_like());
+            for variable in model.var_store().variables().values() {
+                let mut grad = variable.grad();
+                if grad.defined() {
+                    let _ = grad.zero_();
+                }
+            }
+            (masked * &weights).sum(Kind::Float).backward();
+            let mut grads: Vec<(String, Tensor)> = model
+                .var_store()
+                .variables()
+                .into_iter()
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            grads
+        };
+        let full = model.token_logprobs(&ids, Some(&attention)).unwrap();
+        let shared = model
+            .completion_logprobs(&ids, &attention, &completion)
+            .unwrap();
+        assert_eq!(shared.size(), full.size());
+        let d = max_diff(&shared, &full, &trained);
+        assert!(
+            d <= 1e-5,
+            "{name}: completion log-probabilities differ by {d}"
+        );
+        let outside = shared
+            .where_self(&trained.logical_not(), &shared.zeros_like())
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
+        assert_eq!(outside, 0.0, "{name}: entries outside the completions");
+        for ((param, expected), (_, actual)) in gradients(&full).iter().zip(gradients(&shared)) {
+            let scale = expected.abs().max().double_value(&[]).max(1e-6);
+            let d = (actual - expected).abs().max().double_value(&[]) / scale;
+            assert!(
+                d <= 1e-4,
+                "{name}: gradient of {param} differs by {d} (relative)"
+            );
+        }
+    }
+}
+
+#[test]
+fn completion_logprobs_without_completions_are_zero() {
+    let model = load(UNTIED);
+    let (ids, attention, completion) = grouped_rows(model.config().vocab_size, &[1]);
+    let none = completion.zeros_like();
+    let logprobs = model.completion_logprobs(&ids, &attention, &none).unwrap();
+    assert_eq!(logprobs.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert!(
+        model
+            .completion_logprobs(&ids, &attention, &completion.narrow(1, 0, 3))
+            .is_err()
+    );
+}
+
 /// GRPO differentiates the log-probabilities: every parameter must get a gradient.
 #[test]
 fn token_logprobs_backpropagate_to_every_parameter() {
