@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use swarm_model::{ChatTokenizer, KvCache, ModelError, Precision, Qwen2, Qwen2Config};
 use tch::{Device, Kind, Tensor};
 
+/// Any id serves as padding: padded positions are masked out and their logits ignored.
+const PAD: i64 = 0;
+
 /// How completions are drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -125,7 +128,7 @@ pub enum FinishReason {
 }
 
 /// One generated completion of one prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// Tokens of the prompt, without padding: the completion starts after them.
     pub prompt_len: usize,
@@ -135,6 +138,10 @@ pub struct Completion {
     /// `tokens` decoded without special tokens; after a stop string, cut right after it.
     pub text: String,
     pub finish: FinishReason,
+    /// Per token of `tokens`, its log-probability under the distribution it was drawn from
+    /// (after temperature, top-k and top-p): what a peer needs to correct for having trained on
+    /// another policy's samples. 0 under greedy decoding, which draws nothing.
+    pub logprobs: Vec<f32>,
 }
 
 /// Generates batches of completions, keeping its KV cache from one call to the next.
@@ -182,6 +189,7 @@ impl BufferShape {
 struct Row {
     prompt_len: usize,
     tokens: Vec<i64>,
+    logprobs: Vec<f32>,
     /// Decoded text, kept up to date only when stop strings are configured.
     text: String,
     finish: Option<FinishReason>,
@@ -308,18 +316,7 @@ fn generate(
     let eos = eos_token_ids(model, tokenizer);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let width = longest as i64;
-    // Any id serves as padding: padded positions are masked out and their logits ignored.
-    let pad = 0;
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for prompt in prompts {
-        let padding = longest - prompt.len();
-        ids.extend(std::iter::repeat_n(pad, padding).chain(prompt.iter().copied()));
-        mask.extend(std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, prompt.len())));
-    }
-    let ids = Tensor::from_slice(&ids)
-        .f_view([batch, width])?
-        .f_to_device(device)?;
+    let (_, mask) = left_padded(prompts.iter(), longest);
     buffers
         .mask
         .f_narrow(1, 0, width)?
@@ -327,34 +324,32 @@ fn generate(
     buffers.cache.clear();
 
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
-    // Prompts are left-padded, so the last column is every row's last real token: only its
-    // logits are needed, and the LM head runs on that column alone.
-    let mut logits = model
-        .forward_keep(
-            &ids,
-            Some(&buffers.mask.f_narrow(1, 0, width)?),
-            Some(&mut buffers.cache),
-            1,
-        )?
-        .f_select(1, 0)?;
+    let mut logits = prefill(model, prompts, longest, buffers)?;
     let mut position = width;
     let mut rows = prompts
         .iter()
         .map(|prompt| Row {
             prompt_len: prompt.len(),
             tokens: Vec::new(),
+            logprobs: Vec::new(),
             text: String::new(),
             finish: None,
         })
         .collect::<Vec<_>>();
     loop {
-        let chosen = choose(&logits, config, &mut rng)?;
+        let (chosen, chosen_logprobs) = choose(&logits, config, &mut rng)?;
         let mut alive = vec![0i64; rows.len()];
-        for ((row, &token), alive) in rows.iter_mut().zip(&chosen).zip(&mut alive) {
+        for (((row, &token), &logprob), alive) in rows
+            .iter_mut()
+            .zip(&chosen)
+            .zip(&chosen_logprobs)
+            .zip(&mut alive)
+        {
             if row.finish.is_some() {
                 continue;
             }
             row.tokens.push(token);
+            row.logprobs.push(logprob);
             row.finish = if eos.contains(&token) {
                 Some(FinishReason::Eos)
             } else if reached_stop_string(row, tokenizer, config)? {
@@ -374,7 +369,7 @@ fn generate(
         let input = chosen
             .iter()
             .zip(&alive)
-            .map(|(&token, &a)| if a == 1 { token } else { pad })
+            .map(|(&token, &a)| if a == 1 { token } else { PAD })
             .collect::<Vec<_>>();
         let input = Tensor::from_slice(&input)
             .f_view([batch, 1])?
@@ -436,25 +431,30 @@ fn finish_row(
         tokens: row.tokens,
         text,
         finish,
+        logprobs: row.logprobs,
     })
 }
 
-/// The next token of every row from its last logits (`[batch, vocab]`).
+/// The next token of every row from its last logits (`[batch, vocab]`), and its log-probability
+/// under the distribution it was drawn from.
 fn choose(
     logits: &Tensor,
     config: &SamplingConfig,
     rng: &mut Xoshiro256PlusPlus,
-) -> Result<Vec<i64>, SamplingError> {
+) -> Result<(Vec<i64>, Vec<f32>), SamplingError> {
     let logits = logits.f_to_kind(Kind::Float)?;
-    let chosen = if config.is_greedy() {
-        logits.f_argmax(-1, false)?
-    } else {
+    let batch = logits.size().first().copied().unwrap_or(0);
+    if config.is_greedy() {
+        let chosen = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
+        let certain = vec![0.0; usize::try_from(batch).unwrap_or(0)];
+        return Ok((Vec::<i64>::try_from(chosen)?, certain));
+    }
+    let (chosen, logprobs) = {
         let (sorted, order) = logits.f_div_scalar(config.temperature)?.f_sort(-1, true)?;
         let kept = filter_sorted(&sorted, config)?;
         // Inverse-CDF sampling with one uniform draw per row from our own generator: only
         // `batch` numbers cross to the device per step, and torch's global RNG is left alone.
         let cdf = kept.f_softmax(-1, Kind::Float)?.f_cumsum(-1, Kind::Float)?;
-        let batch = logits.size().first().copied().unwrap_or(0);
         let draws = (0..batch).map(|_| rng.random::<f32>()).collect::<Vec<_>>();
         let vocab = cdf.size().last().copied().unwrap_or(0);
         // Scaled by the total rather than assuming it is exactly 1 after a float cumsum.
@@ -470,11 +470,79 @@ fn choose(
             .f_isfinite()?
             .f_sum_dim_intlist(-1, true, Kind::Int64)?
             .f_sub_scalar(1)?;
-        order
-            .f_gather(-1, &index.f_minimum(&last_kept)?, false)?
-            .f_squeeze_dim(-1)?
+        let index = index.f_minimum(&last_kept)?;
+        let logprobs = kept
+            .f_log_softmax(-1, Kind::Float)?
+            .f_gather(-1, &index, false)?
+            .f_squeeze_dim(-1)?;
+        (
+            order.f_gather(-1, &index, false)?.f_squeeze_dim(-1)?,
+            logprobs,
+        )
     };
-    Ok(Vec::<i64>::try_from(chosen.f_to_device(Device::Cpu)?)?)
+    Ok((
+        Vec::<i64>::try_from(chosen.f_to_device(Device::Cpu)?)?,
+        Vec::<f32>::try_from(logprobs.f_to_device(Device::Cpu)?)?,
+    ))
+}
+
+/// `prompts` left-padded with [`PAD`] to `width`: the flattened ids and the mask of real tokens.
+fn left_padded<'a>(
+    prompts: impl Iterator<Item = &'a Vec<i64>>,
+    width: usize,
+) -> (Vec<i64>, Vec<i64>) {
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for prompt in prompts {
+        let padding = width - prompt.len();
+        ids.extend(std::iter::repeat_n(PAD, padding).chain(prompt.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    (ids, mask)
+}
+
+/// Runs the left-padded prompts through the model into the cache and returns every row's logits
+/// for its first new token (`[batch, vocab]`). A prompt that several rows share (a question asked
+/// G times) is computed once, in a cache of the distinct prompts, and its keys and values are
+/// copied to each of its rows.
+fn prefill(
+    model: &Qwen2,
+    prompts: &[Vec<i64>],
+    width: usize,
+    buffers: &mut Buffers,
+) -> Result<Tensor, SamplingError> {
+    let device = model.device();
+    let mut distinct: Vec<&Vec<i64>> = Vec::new();
+    let mut rows = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        let index = match distinct.iter().position(|d| *d == prompt) {
+            Some(index) => index,
+            None => {
+                distinct.push(prompt);
+                distinct.len() - 1
+            }
+        };
+        rows.push(index as i64);
+    }
+    let (ids, mask) = left_padded(distinct.iter().copied(), width);
+    // Lengths of vectors in memory always fit an i64.
+    let shape = [distinct.len() as i64, width as i64];
+    let ids = Tensor::from_slice(&ids)
+        .f_view(shape)?
+        .f_to_device(device)?;
+    let mask = Tensor::from_slice(&mask)
+        .f_view(shape)?
+        .f_to_device(device)?;
+    // Prompts are left-padded, so the last column is every row's last real token: only its
+    // logits are needed, and the LM head runs on that column alone.
+    if distinct.len() == prompts.len() {
+        let logits = model.forward_keep(&ids, Some(&mask), Some(&mut buffers.cache), 1)?;
+        return Ok(logits.f_select(1, 0)?);
+    }
+    let mut shared = KvCache::new(model, shape[0], shape[1])?;
+    let logits = model.forward_keep(&ids, Some(&mask), Some(&mut shared), 1)?;
+    let rows = Tensor::from_slice(&rows).f_to_device(device)?;
+    buffers.cache.fill_from(&shared, &rows)?;
+    Ok(logits.f_select(1, 0)?.f_index_select(0, &rows)?)
 }
 
 /// Top-k then top-p on logits sorted in descending order: removed tokens become -inf. The first

@@ -199,6 +199,57 @@ fn same_seed_gives_same_tokens_and_another_seed_others() {
     assert_ne!(first[0].tokens, first[1].tokens);
 }
 
+/// Prompts asked several times (as a GRPO group asks a question G times) are prefilled once and
+/// shared: every completion's recorded log-probabilities are the model's own log-probabilities
+/// of its tokens after its prompt, and greedy rows of a repeated prompt match it asked alone.
+#[test]
+fn repeated_prompts_share_their_prefill_and_logprobs_are_the_models() {
+    let _serial = serial();
+    let (model, tokenizer) = load();
+    let distinct = prompts(&tokenizer);
+    let repeated: Vec<Vec<i64>> = distinct
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), 3))
+        .collect();
+    let mut sampler = Sampler::new();
+    let completions = sampler
+        .sample(&model, &tokenizer, &repeated, &sampled(12, 9))
+        .unwrap();
+    for (prompt, completion) in repeated.iter().zip(&completions) {
+        assert_eq!(completion.logprobs.len(), completion.tokens.len());
+        let row: Vec<i64> = prompt.iter().chain(&completion.tokens).copied().collect();
+        let ids = Tensor::from_slice(&row).unsqueeze(0);
+        let expected = tch::no_grad(|| model.token_logprobs(&ids, None).unwrap());
+        let expected = Vec::<f32>::try_from(expected.squeeze_dim(0).narrow(
+            0,
+            prompt.len() as i64 - 1,
+            completion.tokens.len() as i64,
+        ))
+        .unwrap();
+        for (got, want) in completion.logprobs.iter().zip(&expected) {
+            assert!((got - want).abs() < 1e-4, "{got} != {want}");
+            assert!(*got <= 0.0);
+        }
+    }
+    let greedy_rows = sampler
+        .sample(&model, &tokenizer, &repeated, &greedy(10))
+        .unwrap();
+    for (index, prompt) in distinct.iter().enumerate() {
+        let alone = sampler
+            .sample(
+                &model,
+                &tokenizer,
+                std::slice::from_ref(prompt),
+                &greedy(10),
+            )
+            .unwrap();
+        for row in &greedy_rows[index * 3..index * 3 + 3] {
+            assert_eq!(row.tokens, alone[0].tokens);
+            assert!(row.logprobs.iter().all(|l| *l == 0.0));
+        }
+    }
+}
+
 #[test]
 fn top_k_one_is_greedy() {
     let _serial = serial();
