@@ -77,6 +77,8 @@ pub struct GrpoLoss {
     pub clip_epsilon_high: f64,
     /// Weight β of the KL penalty; 0 needs no reference.
     pub kl_beta: f64,
+    /// How tokens another policy sampled (rows marked by [`OffPolicyRows`]) enter the loss.
+    pub off_policy: OffPolicyCorrection,
 }
 
 impl Default for GrpoLoss {
@@ -85,8 +87,32 @@ impl Default for GrpoLoss {
             clip_epsilon_low: 0.2,
             clip_epsilon_high: 0.28,
             kl_beta: 0.0,
+            off_policy: OffPolicyCorrection::None,
         }
     }
+}
+
+/// The objective of a token that another policy (a peer) sampled. On-policy tokens always take
+/// the clipped surrogate.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum OffPolicyCorrection {
+    /// The clipped surrogate, as if this policy had sampled the token (SAPO as published).
+    #[default]
+    None,
+    /// The clipped surrogate for tokens of completions with a positive advantage; the others
+    /// are not trained (nor counted in the token mean): learn from a peer's successes, never
+    /// push down text this policy may rarely produce.
+    PositiveOnly,
+    /// The clipped surrogate weighted by the truncated importance ratio
+    /// `min(π(token) / π_sampler(token), cap)`, with `π` this policy's probability (no gradient
+    /// through the weight) and `π_sampler` the sampler's, from [`OffPolicyRows::sampler_logprobs`]
+    /// (required). Tokens this policy would rarely produce weigh little; none weighs more than
+    /// `cap`.
+    TruncatedImportance { cap: f64 },
+    /// LUFFY's policy shaping (arXiv 2504.14945): `-A · f(π)` with `f(p) = p / (p + γ)` and no
+    /// ratio clipping. The gradient, `A · γ / (p + γ) · ∇log π`, stays large for tokens this
+    /// policy finds unlikely instead of vanishing with `p`.
+    PolicyShaping { gamma: f64 },
 }
 
 /// Sums over the masked tokens of one (micro-)batch, to be divided by the whole batch's tokens.
@@ -109,7 +135,10 @@ impl GrpoLoss {
     /// sampling policy's log-probabilities; `None` stands for `logprobs` detached (one optimiser
     /// step per round: the ratio is 1 but its gradient is not 0, as in TRL). `reference` are the
     /// frozen reference model's, used when `kl_beta` is nonzero (then required) and for the KL
-    /// statistic. Values of `old` and `reference` outside the mask are ignored, even non-finite.
+    /// statistic. `off_policy` marks the rows another policy sampled (`[B]` bool) and carries
+    /// that sampler's log-probabilities where the correction needs them. Values of `old`,
+    /// `reference` and the sampler's log-probabilities outside the mask are ignored, even
+    /// non-finite.
     pub fn sums(
         &self,
         logprobs: &Tensor,
@@ -117,9 +146,16 @@ impl GrpoLoss {
         advantages: &Tensor,
         old: Option<&Tensor>,
         reference: Option<&Tensor>,
+        off_policy: Option<(&Tensor, Option<&Tensor>)>,
     ) -> Result<LossSums, GrpoError> {
         let shape = logprobs.size();
-        for (what, t) in [("mask", Some(mask)), ("old", old), ("reference", reference)] {
+        let sampler = off_policy.and_then(|(_, sampler)| sampler);
+        for (what, t) in [
+            ("mask", Some(mask)),
+            ("old", old),
+            ("reference", reference),
+            ("sampler", sampler),
+        ] {
             if let Some(t) = t
                 && t.size() != shape
             {
@@ -157,6 +193,44 @@ impl GrpoLoss {
             .f_mul(&advantages)?
             .f_minimum(&clipped_ratio.f_mul(&advantages)?)?
             .f_neg()?;
+        if let Some((rows, _)) = off_policy {
+            if rows.size() != [shape[0]] {
+                return Err(GrpoError::Batch(format!(
+                    "off-policy rows have shape {:?}, expected [{}]",
+                    rows.size(),
+                    shape[0]
+                )));
+            }
+            let rows = rows
+                .f_to_device(logprobs.device())?
+                .f_to_kind(Kind::Bool)?
+                .f_unsqueeze(1)?;
+            let corrected = match self.off_policy {
+                // Left out by the trainer's mask.
+                OffPolicyCorrection::None | OffPolicyCorrection::PositiveOnly => None,
+                OffPolicyCorrection::TruncatedImportance { cap } => {
+                    let sampler = sampler.ok_or_else(|| {
+                        GrpoError::Batch(
+                            "truncated importance weighting needs the sampler's log-probabilities"
+                                .into(),
+                        )
+                    })?;
+                    let weight = detached
+                        .f_sub(&masked(sampler)?)?
+                        .f_exp()?
+                        .f_clamp_max(cap)?;
+                    Some(per_token.f_mul(&weight)?)
+                }
+                OffPolicyCorrection::PolicyShaping { gamma } => {
+                    let probability = logprobs.f_exp()?;
+                    let shaped = probability.f_div(&probability.f_add_scalar(gamma)?)?;
+                    Some(shaped.f_mul(&advantages)?.f_neg()?)
+                }
+            };
+            if let Some(corrected) = corrected {
+                per_token = corrected.f_where_self(&rows, &per_token)?;
+            }
+        }
         let kl = match reference {
             Some(reference) => {
                 // k3 estimator of KL(policy || reference): exp(d) - d - 1 with d = ref - logp.
@@ -202,8 +276,8 @@ impl GrpoLoss {
 ///
 /// Log-probability tensors are `[B, T - 1]` and aligned with [`Qwen2::token_logprobs`]: entry `t`
 /// is the log-probability of token `t + 1`. Only the entries under the completion mask are read:
-/// the trainer computes the policy's and reference's log-probabilities from the first trained
-/// column on ([`Qwen2::token_logprobs_from`]) and leaves zeros before it.
+/// the trainer computes the policy's and reference's log-probabilities of the completion tokens
+/// alone, each distinct prompt once ([`Qwen2::completion_logprobs`]).
 #[derive(Debug)]
 pub struct GrpoBatch {
     /// `[B, T]` int64.
@@ -220,6 +294,19 @@ pub struct GrpoBatch {
     /// The reference model's log-probabilities, when computed beforehand; otherwise, with a
     /// nonzero β, the trainer computes them from the reference model it is given.
     pub ref_logprobs: Option<Tensor>,
+    /// Rows another policy sampled, trained under [`GrpoLoss::off_policy`].
+    pub off_policy: Option<OffPolicyRows>,
+}
+
+/// Which rows of a [`GrpoBatch`] another policy sampled, and with what probabilities.
+#[derive(Debug)]
+pub struct OffPolicyRows {
+    /// `[B]` bool.
+    pub rows: Tensor,
+    /// `[B, T - 1]`, aligned like [`GrpoBatch::old_logprobs`]: the sampler's log-probability of
+    /// each completion token of an off-policy row (under the distribution it drew from). Needed by
+    /// [`OffPolicyCorrection::TruncatedImportance`]; other entries are ignored.
+    pub sampler_logprobs: Option<Tensor>,
 }
 
 impl GrpoBatch {
@@ -227,7 +314,27 @@ impl GrpoBatch {
         self.input_ids.size().first().copied().unwrap_or(0)
     }
 
-    /// The `[B, T - 1]` mask of the log-probabilities that are trained.
+    /// The `[B, T - 1]` log-probabilities a step under `correction` trains: the completion
+    /// tokens, less those of off-policy rows that [`OffPolicyCorrection::PositiveOnly`] leaves
+    /// out (advantage ≤ 0).
+    pub fn trained_mask(&self, correction: OffPolicyCorrection) -> Result<Tensor, GrpoError> {
+        let mask = self.logprob_mask()?;
+        match (&self.off_policy, correction) {
+            (Some(off), OffPolicyCorrection::PositiveOnly) => {
+                let device = mask.device();
+                let left_out = off
+                    .rows
+                    .f_to_device(device)?
+                    .f_to_kind(Kind::Bool)?
+                    .f_logical_and(&self.advantages.f_to_device(device)?.f_le(0.0)?)?
+                    .f_unsqueeze(1)?;
+                Ok(mask.f_logical_and(&left_out.f_logical_not()?)?)
+            }
+            _ => Ok(mask),
+        }
+    }
+
+    /// The `[B, T - 1]` mask of the log-probabilities of completion tokens.
     fn logprob_mask(&self) -> Result<Tensor, GrpoError> {
         let t = self.completion_mask.size().last().copied().unwrap_or(0);
         Ok(self
@@ -258,19 +365,6 @@ impl GrpoBatch {
         }
         Ok(())
     }
-}
-
-/// The first column of a `[B, T - 1]` log-probability mask with a trained entry in any row; the
-/// last column when none is trained (a micro-batch without completion tokens still needs one
-/// column for its zero loss).
-fn first_trained_column(mask: &Tensor) -> Result<i64, GrpoError> {
-    let columns = mask.size().last().copied().unwrap_or(0);
-    let any = Vec::<bool>::try_from(mask.f_any_dim(0, false)?.f_to_device(tch::Device::Cpu)?)?;
-    Ok(any
-        .iter()
-        .position(|&a| a)
-        .map_or(columns - 1, |p| p as i64)
-        .max(0))
 }
 
 /// Everything a GRPO step is configured by.
@@ -369,7 +463,7 @@ impl GrpoTrainer {
         if loss_fn.kl_beta != 0.0 && batch.ref_logprobs.is_none() && reference.is_none() {
             return Err(GrpoError::NoReference(loss_fn.kl_beta));
         }
-        let mask = batch.logprob_mask()?;
+        let mask = batch.trained_mask(loss_fn.off_policy)?;
         // Every micro-batch divides by the whole batch's count, so the accumulated gradient is
         // the full batch's token-level mean (clamped like TRL's normaliser for an empty batch).
         let tokens = mask.f_sum(Kind::Double)?.f_double_value(&[])?;
@@ -382,27 +476,40 @@ impl GrpoTrainer {
         while start < rows {
             let len = micro.min(rows - start);
             let part = |t: &Tensor| t.f_narrow(0, start, len);
+            let part_mask = part(&mask)?;
+            // A micro-batch without trained tokens adds nothing to the loss or its gradient.
+            if part_mask.f_sum(Kind::Double)?.f_double_value(&[])? == 0.0 {
+                start += len;
+                continue;
+            }
             let ids = part(&batch.input_ids)?;
             let attention = part(&batch.attention_mask)?;
-            let part_mask = part(&mask)?;
-            // Columns before the micro-batch's first trained one (prompts, whose lengths differ
-            // per row) are masked out of the loss: their log-probabilities are not computed.
-            let first = first_trained_column(&part_mask)?;
+            let completion = part(&batch.completion_mask)?;
             let reference_logprobs = match (&batch.ref_logprobs, reference) {
                 (Some(r), _) => Some(part(r)?),
                 (None, Some(model)) if loss_fn.kl_beta != 0.0 => Some(tch::no_grad(|| {
-                    model.token_logprobs_from(&ids, Some(&attention), first)
+                    model.completion_logprobs(&ids, &attention, &completion)
                 })?),
                 _ => None,
             };
-            let logprobs = policy.token_logprobs_from(&ids, Some(&attention), first)?;
+            let logprobs = policy.completion_logprobs(&ids, &attention, &completion)?;
             let old = batch.old_logprobs.as_ref().map(part).transpose()?;
+            let off_policy = match &batch.off_policy {
+                Some(off) => Some((
+                    part(&off.rows)?,
+                    off.sampler_logprobs.as_ref().map(part).transpose()?,
+                )),
+                None => None,
+            };
             let sums = loss_fn.sums(
                 &logprobs,
                 &part_mask,
                 &part(&batch.advantages)?.f_to_device(logprobs.device())?,
                 old.as_ref(),
                 reference_logprobs.as_ref(),
+                off_policy
+                    .as_ref()
+                    .map(|(rows, sampler)| (rows, sampler.as_ref())),
             )?;
             let scaled = sums.loss.f_div_scalar(total_tokens)?;
             scaled.f_backward()?;
@@ -428,5 +535,133 @@ impl GrpoTrainer {
         let norm = self.optimizer.clip_grad_norm(self.config.max_grad_norm)?;
         self.optimizer.step()?;
         Ok(norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row, three trained tokens with the given policy log-probabilities; the gradient of
+    /// the summed loss with respect to them under `correction`, for a row that another policy
+    /// sampled with `sampler` log-probabilities.
+    fn gradient(
+        correction: OffPolicyCorrection,
+        logprobs: [f32; 3],
+        sampler: [f32; 3],
+        advantage: f32,
+    ) -> Vec<f32> {
+        let loss = GrpoLoss {
+            off_policy: correction,
+            ..GrpoLoss::default()
+        };
+        let logprobs = Tensor::from_slice(&logprobs)
+            .view([1, 3])
+            .set_requires_grad(true);
+        let sampler = Tensor::from_slice(&sampler).view([1, 3]);
+        let rows = Tensor::from_slice(&[true]);
+        let sums = loss
+            .sums(
+                &logprobs,
+                &Tensor::ones([1, 3], (Kind::Int64, tch::Device::Cpu)),
+                &Tensor::from_slice(&[advantage]),
+                None,
+                None,
+                Some((&rows, Some(&sampler))),
+            )
+            .unwrap();
+        sums.loss.backward();
+        Vec::<f32>::try_from(logprobs.grad().view([3])).unwrap()
+    }
+
+    fn assert_close(actual: &[f32], expected: &[f32]) {
+        for (a, e) in actual.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-5, "{actual:?} != {expected:?}");
+        }
+    }
+
+    #[test]
+    fn plain_off_policy_tokens_train_as_own_samples() {
+        let g = gradient(
+            OffPolicyCorrection::None,
+            [-0.1, -2.0, -5.0],
+            [-1.0, -1.0, -1.0],
+            1.5,
+        );
+        assert_close(&g, &[-1.5, -1.5, -1.5]);
+    }
+
+    /// The weight is min(π / π_sampler, cap): e^(-0.1 - -1) = 2.46 capped to 2, e^-1 = 0.368,
+    /// e^-4 = 0.018.
+    #[test]
+    fn importance_weights_are_the_truncated_ratio() {
+        let g = gradient(
+            OffPolicyCorrection::TruncatedImportance { cap: 2.0 },
+            [-0.1, -2.0, -5.0],
+            [-1.0, -1.0, -1.0],
+            1.5,
+        );
+        let w = [2.0, (-1.0f32).exp(), (-4.0f32).exp()];
+        assert_close(&g, &[-1.5 * w[0], -1.5 * w[1], -1.5 * w[2]]);
+    }
+
+    /// d/dlogp of -A p/(p + γ) is -A γ p / (p + γ)².
+    #[test]
+    fn shaping_gradients_follow_p_over_p_plus_gamma() {
+        let gamma = 0.1f32;
+        let logprobs = [-0.1f32, -2.0, -5.0];
+        let g = gradient(
+            OffPolicyCorrection::PolicyShaping { gamma: 0.1 },
+            logprobs,
+            [0.0; 3],
+            -2.0,
+        );
+        let expected: Vec<f32> = logprobs
+            .iter()
+            .map(|l| {
+                let p = l.exp();
+                2.0 * gamma * p / (p + gamma).powi(2)
+            })
+            .collect();
+        assert_close(&g, &expected);
+    }
+
+    #[test]
+    fn on_policy_rows_ignore_the_correction() {
+        let loss = GrpoLoss {
+            off_policy: OffPolicyCorrection::TruncatedImportance { cap: 1.0 },
+            ..GrpoLoss::default()
+        };
+        let logprobs = Tensor::from_slice(&[-3.0f32, -3.0])
+            .view([2, 1])
+            .set_requires_grad(true);
+        let sums = loss
+            .sums(
+                &logprobs,
+                &Tensor::ones([2, 1], (Kind::Int64, tch::Device::Cpu)),
+                &Tensor::from_slice(&[1.0f32, 1.0]),
+                None,
+                None,
+                Some((
+                    &Tensor::from_slice(&[false, true]),
+                    Some(&Tensor::from_slice(&[0.0f32, 0.0]).view([2, 1])),
+                )),
+            )
+            .unwrap();
+        sums.loss.backward();
+        let g = Vec::<f32>::try_from(logprobs.grad().view([2])).unwrap();
+        assert_close(&g, &[-1.0, -(-3.0f32).exp()]);
+        assert!(
+            loss.sums(
+                &logprobs,
+                &Tensor::ones([2, 1], (Kind::Int64, tch::Device::Cpu)),
+                &Tensor::from_slice(&[1.0f32, 1.0]),
+                None,
+                None,
+                Some((&Tensor::from_slice(&[false, true]), None)),
+            )
+            .is_err(),
+            "importance weighting without the sampler's log-probabilities"
+        );
     }
 }

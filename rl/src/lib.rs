@@ -12,10 +12,10 @@ pub use checkpoint::{
 };
 pub use grpo::{
     ADVANTAGE_EPS, AdamW, AdamWConfig, GrpoBatch, GrpoConfig, GrpoError, GrpoLoss, GrpoTrainer,
-    LossSums, StepStats, advantages, group_has_signal,
+    LossSums, OffPolicyCorrection, OffPolicyRows, StepStats, advantages, group_has_signal,
 };
 pub use round::{
-    Group, RewardStats, Rollout, RoundConfig, RoundError, RoundStats, SourceStats, TrainOutcome,
-    evaluate, prompt_ids, run_round, sample_groups, train_on_groups,
+    Group, RewardStats, Rollout, RoundConfig, RoundError, RoundStats, Sampled, SourceStats,
+    TrainOutcome, evaluate, prompt_ids, run_round, sample_groups, train_on_groups,
 };
 pub use sampling::{Completion, FinishReason, Sampler, SamplingConfig, SamplingError};

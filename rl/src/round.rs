@@ -12,7 +12,10 @@ use swarm_model::{ChatMessage, ChatTokenizer, ModelError, Qwen2, Role};
 use swarm_tasks::{Question, Reward, Source, chat_messages, verify};
 use tch::{Kind, Tensor};
 
-use crate::grpo::{GrpoBatch, GrpoError, GrpoTrainer, StepStats, advantages, group_has_signal};
+use crate::grpo::{
+    GrpoBatch, GrpoError, GrpoTrainer, OffPolicyCorrection, OffPolicyRows, StepStats, advantages,
+    group_has_signal,
+};
 use crate::sampling::{Sampler, SamplingConfig, SamplingError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,18 @@ pub struct Rollout {
     pub tokens: Vec<i64>,
     pub text: String,
     pub reward: Reward,
+    /// The sampler's log-probability of each token, one per token; empty when unknown (a peer
+    /// that did not send them).
+    pub sampling_logprobs: Vec<f32>,
+}
+
+/// A completion to score: its tokens, text and the sampler's log-probabilities (see
+/// [`Rollout::sampling_logprobs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub tokens: Vec<i64>,
+    pub text: String,
+    pub sampling_logprobs: Vec<f32>,
 }
 
 /// The completions of one question, scored by this node's verifier.
@@ -62,19 +77,20 @@ pub struct Group {
 }
 
 impl Group {
-    /// Scores `(tokens, text)` completions of `question`: the reward always comes from this node's
-    /// verifier, never from whoever produced the completions.
+    /// Scores completions of `question`: the reward always comes from this node's verifier,
+    /// never from whoever produced the completions.
     pub fn score(
         question: Question,
         prompt: Vec<i64>,
-        completions: impl IntoIterator<Item = (Vec<i64>, String)>,
+        completions: impl IntoIterator<Item = Sampled>,
     ) -> Self {
         let rollouts = completions
             .into_iter()
-            .map(|(tokens, text)| Rollout {
-                reward: verify(&question, &text),
-                tokens,
-                text,
+            .map(|sampled| Rollout {
+                reward: verify(&question, &sampled.text),
+                tokens: sampled.tokens,
+                text: sampled.text,
+                sampling_logprobs: sampled.sampling_logprobs,
             })
             .collect();
         Self {
@@ -158,7 +174,14 @@ impl RewardStats {
 /// What the training half of a round did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOutcome {
+    /// Groups trained on, local and external.
     pub groups_kept: usize,
+    /// Of those, peers' groups.
+    pub external_groups_kept: usize,
+    /// Peers' completions that entered the loss: all of the kept external groups' under the
+    /// plain and shaping corrections, those with a positive advantage under positive-only, those
+    /// whose sampler log-probabilities are known under importance weighting.
+    pub external_completions_trained: usize,
     /// Groups whose completions all scored the same: every advantage 0, nothing to learn.
     pub groups_dropped: usize,
     /// `None` when no group was kept: no step is taken, since AdamW would still move the weights
@@ -222,36 +245,47 @@ pub fn sample_groups(
         .iter()
         .zip(prompts)
         .map(|(question, prompt)| {
-            let own = completions.by_ref().take(g).map(|c| (c.tokens, c.text));
+            let own = completions.by_ref().take(g).map(|c| Sampled {
+                tokens: c.tokens,
+                text: c.text,
+                sampling_logprobs: c.logprobs,
+            });
             Group::score(question.clone(), prompt, own)
         })
         .collect())
 }
 
 /// One GRPO step on the groups that carry signal; groups whose rewards are all equal are dropped
-/// first, as SAPO does. `reference` is the frozen model of the KL penalty, needed only when the
-/// trainer's β is nonzero.
+/// first, as SAPO does. `local` are groups this policy sampled, `external` groups peers sampled,
+/// trained under the trainer's [`OffPolicyCorrection`]. `reference` is the frozen model of the KL
+/// penalty, needed only when the trainer's β is nonzero.
 pub fn train_on_groups(
     policy: &Qwen2,
     reference: Option<&Qwen2>,
     trainer: &mut GrpoTrainer,
-    groups: &[&Group],
+    local: &[&Group],
+    external: &[&Group],
 ) -> Result<TrainOutcome, RoundError> {
-    let kept: Vec<&Group> = groups.iter().copied().filter(|g| g.has_signal()).collect();
-    let groups_dropped = groups.len() - kept.len();
-    if kept.is_empty() {
-        return Ok(TrainOutcome {
-            groups_kept: 0,
-            groups_dropped,
-            step: None,
-        });
-    }
-    let batch = grpo_batch(&kept, policy.device())?;
-    let step = trainer.step(policy, reference, &batch)?;
+    let kept_local: Vec<&Group> = local.iter().copied().filter(|g| g.has_signal()).collect();
+    let kept_external: Vec<&Group> = external
+        .iter()
+        .copied()
+        .filter(|g| g.has_signal())
+        .collect();
+    let groups_dropped = local.len() + external.len() - kept_local.len() - kept_external.len();
+    let correction = trainer.config().loss.off_policy;
+    let batch = grpo_batch(&kept_local, &kept_external, correction, policy.device())?;
+    let external_completions_trained = batch.external_completions_trained;
+    let step = match batch.batch {
+        Some(batch) => Some(trainer.step(policy, reference, &batch)?),
+        None => None,
+    };
     Ok(TrainOutcome {
-        groups_kept: kept.len(),
+        groups_kept: kept_local.len() + kept_external.len(),
+        external_groups_kept: kept_external.len(),
+        external_completions_trained,
         groups_dropped,
-        step: Some(step),
+        step,
     })
 }
 
@@ -273,11 +307,11 @@ pub fn run_round(
             least: 2,
         });
     }
-    let mut groups = sample_groups(policy, tokenizer, sampler, questions, config)?;
+    let groups = sample_groups(policy, tokenizer, sampler, questions, config)?;
     let local = RewardStats::of(&groups);
-    groups.extend(external);
-    let groups: Vec<&Group> = groups.iter().collect();
-    let train = train_on_groups(policy, None, trainer, &groups)?;
+    let own: Vec<&Group> = groups.iter().collect();
+    let peers: Vec<&Group> = external.iter().collect();
+    let train = train_on_groups(policy, None, trainer, &own, &peers)?;
     Ok(RoundStats { local, train })
 }
 
@@ -294,28 +328,78 @@ pub fn evaluate(
     Ok(RewardStats::of(&groups))
 }
 
-/// Rows `prompt ++ completion`, right-padded; the completion mask covers exactly the completion
-/// tokens, and the advantages are computed per group.
-fn grpo_batch(groups: &[&Group], device: tch::Device) -> Result<GrpoBatch, RoundError> {
-    let rewards: Vec<Vec<Reward>> = groups.iter().map(|g| g.rewards()).collect();
-    let advantages = advantages(&rewards);
-    let rows: Vec<(&[i64], &[i64])> = groups
+/// A round's training batch, and how many peers' completions it trains.
+struct TrainingBatch {
+    /// `None` when nothing is left to train: no step is taken, since AdamW would still move the
+    /// weights on its momentum alone.
+    batch: Option<GrpoBatch>,
+    external_completions_trained: usize,
+}
+
+/// Rows `prompt ++ completion`, right-padded, local groups first; the completion mask covers the
+/// completion tokens that are trained, and the advantages are computed per group. Peers' rows
+/// are marked off-policy, with their sampler's log-probabilities when `correction` weighs by
+/// them; a peer's completion without them (or with a count that does not match its tokens) is
+/// then left out.
+fn grpo_batch(
+    local: &[&Group],
+    external: &[&Group],
+    correction: OffPolicyCorrection,
+    device: tch::Device,
+) -> Result<TrainingBatch, RoundError> {
+    let needs_sampler = matches!(correction, OffPolicyCorrection::TruncatedImportance { .. });
+    let groups: Vec<(&Group, bool)> = local
         .iter()
-        .flat_map(|g| {
-            g.rollouts
-                .iter()
-                .map(|r| (g.prompt.as_slice(), r.tokens.as_slice()))
+        .map(|g| (*g, false))
+        .chain(external.iter().map(|g| (*g, true)))
+        .collect();
+    let rewards: Vec<Vec<Reward>> = groups.iter().map(|(g, _)| g.rewards()).collect();
+    let advantages = advantages(&rewards);
+    struct Row<'a> {
+        prompt: &'a [i64],
+        rollout: &'a Rollout,
+        off_policy: bool,
+        trained: bool,
+    }
+    let rows: Vec<Row> = groups
+        .iter()
+        .flat_map(|(g, off_policy)| {
+            g.rollouts.iter().map(move |rollout| Row {
+                prompt: g.prompt.as_slice(),
+                rollout,
+                off_policy: *off_policy,
+                trained: !(*off_policy
+                    && needs_sampler
+                    && rollout.sampling_logprobs.len() != rollout.tokens.len()),
+            })
         })
         .collect();
+    let external_completions_trained = rows
+        .iter()
+        .zip(&advantages)
+        .filter(|(row, advantage)| {
+            row.off_policy
+                && row.trained
+                && (correction != OffPolicyCorrection::PositiveOnly || **advantage > 0.0)
+        })
+        .count();
+    if !rows.iter().any(|row| row.trained) {
+        return Ok(TrainingBatch {
+            batch: None,
+            external_completions_trained,
+        });
+    }
     // At least 2 columns: the logprob of a token needs one before it.
     let width = rows
         .iter()
-        .map(|(p, c)| p.len() + c.len())
+        .map(|row| row.prompt.len() + row.rollout.tokens.len())
         .max()
         .unwrap_or(0)
         .max(2);
     let (mut ids, mut attention, mut completion) = (Vec::new(), Vec::new(), Vec::new());
-    for (prompt, tokens) in &rows {
+    let mut sampler = Vec::new();
+    for row in &rows {
+        let (prompt, tokens) = (row.prompt, &row.rollout.tokens);
         let padding = width - prompt.len() - tokens.len();
         // Any id serves as padding: the attention mask hides it and the completion mask skips it.
         ids.extend(prompt.iter().chain(tokens.iter()).copied());
@@ -323,8 +407,17 @@ fn grpo_batch(groups: &[&Group], device: tch::Device) -> Result<GrpoBatch, Round
         attention.extend(std::iter::repeat_n(1i64, prompt.len() + tokens.len()));
         attention.extend(std::iter::repeat_n(0, padding));
         completion.extend(std::iter::repeat_n(0i64, prompt.len()));
-        completion.extend(std::iter::repeat_n(1, tokens.len()));
+        completion.extend(std::iter::repeat_n(i64::from(row.trained), tokens.len()));
         completion.extend(std::iter::repeat_n(0, padding));
+        if needs_sampler {
+            // Aligned with the log-probabilities: entry t is the one of token t + 1.
+            sampler.extend(std::iter::repeat_n(0f32, prompt.len() - 1));
+            match row.trained && row.off_policy {
+                true => sampler.extend(&row.rollout.sampling_logprobs),
+                false => sampler.extend(std::iter::repeat_n(0f32, tokens.len())),
+            }
+            sampler.extend(std::iter::repeat_n(0f32, padding));
+        }
     }
     // Lengths of vectors in memory always fit an i64.
     let shape = [rows.len() as i64, width as i64];
@@ -333,15 +426,36 @@ fn grpo_batch(groups: &[&Group], device: tch::Device) -> Result<GrpoBatch, Round
             .f_view(shape)?
             .f_to_device(device)
     };
-    Ok(GrpoBatch {
-        input_ids: tensor(&ids)?,
-        attention_mask: tensor(&attention)?,
-        completion_mask: tensor(&completion)?,
-        advantages: Tensor::f_from_slice(&advantages)?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(device)?,
-        old_logprobs: None,
-        ref_logprobs: None,
+    let off_policy_rows: Vec<bool> = rows.iter().map(|row| row.off_policy).collect();
+    let off_policy = if external.is_empty() {
+        None
+    } else {
+        Some(OffPolicyRows {
+            rows: Tensor::f_from_slice(&off_policy_rows)?.f_to_device(device)?,
+            sampler_logprobs: if needs_sampler {
+                Some(
+                    Tensor::f_from_slice(&sampler)?
+                        .f_view([shape[0], shape[1] - 1])?
+                        .f_to_device(device)?,
+                )
+            } else {
+                None
+            },
+        })
+    };
+    Ok(TrainingBatch {
+        batch: Some(GrpoBatch {
+            input_ids: tensor(&ids)?,
+            attention_mask: tensor(&attention)?,
+            completion_mask: tensor(&completion)?,
+            advantages: Tensor::f_from_slice(&advantages)?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(device)?,
+            old_logprobs: None,
+            ref_logprobs: None,
+            off_policy,
+        }),
+        external_completions_trained,
     })
 }
 
@@ -367,6 +481,7 @@ mod tests {
                     tokens: (100..100 + len as i64).collect(),
                     text: String::new(),
                     reward,
+                    sampling_logprobs: vec![-0.5; len],
                 })
                 .collect(),
         }
@@ -376,7 +491,11 @@ mod tests {
     fn batch_masks_cover_completion_tokens_only() {
         let a = group(&[1.0, 0.0], vec![1, 2, 3], &[2, 1]);
         let b = group(&[0.0, 1.0], vec![4], &[3, 1]);
-        let batch = grpo_batch(&[&a, &b], tch::Device::Cpu).unwrap();
+        let batch = grpo_batch(&[&a, &b], &[], OffPolicyCorrection::None, tch::Device::Cpu)
+            .unwrap()
+            .batch
+            .unwrap();
+        assert!(batch.off_policy.is_none());
         let rows = |t: &Tensor| Vec::<Vec<i64>>::try_from(t).unwrap();
         assert_eq!(
             rows(&batch.input_ids),
@@ -407,6 +526,81 @@ mod tests {
         );
         let adv = Vec::<f32>::try_from(&batch.advantages).unwrap();
         assert!(adv[0] > 0.0 && adv[1] < 0.0 && adv[2] < 0.0 && adv[3] > 0.0);
+    }
+
+    /// A peer's group reaches the trainer marked off-policy, after the local ones, with the
+    /// tokens each correction trains: all of them, those of positive advantage, or those whose
+    /// sampler log-probabilities are known (aligned with the log-probability columns).
+    #[test]
+    fn peers_groups_reach_the_trainer_as_each_correction_says() {
+        let own = group(&[1.0, 0.0], vec![1, 2], &[1, 1]);
+        let mut peer = group(&[0.0, 1.0, 0.0], vec![3], &[2, 1, 1]);
+        // A peer that sent no log-probabilities for its last completion.
+        peer.rollouts[2].sampling_logprobs.clear();
+        let flat = |t: &Tensor| Vec::<Vec<bool>>::try_from(t).unwrap();
+        let build =
+            |correction| grpo_batch(&[&own], &[&peer], correction, tch::Device::Cpu).unwrap();
+
+        let plain = build(OffPolicyCorrection::None);
+        assert_eq!(plain.external_completions_trained, 3);
+        let batch = plain.batch.unwrap();
+        let off = batch.off_policy.as_ref().unwrap();
+        assert_eq!(
+            Vec::<bool>::try_from(&off.rows).unwrap(),
+            [false, false, true, true, true]
+        );
+        assert!(off.sampler_logprobs.is_none());
+        let trained = flat(&batch.trained_mask(OffPolicyCorrection::None).unwrap());
+        assert_eq!(
+            trained,
+            [
+                vec![false, true],
+                vec![false, true],
+                vec![true, true],
+                vec![true, false],
+                vec![true, false],
+            ]
+        );
+
+        let positive = build(OffPolicyCorrection::PositiveOnly);
+        assert_eq!(positive.external_completions_trained, 1);
+        let batch = positive.batch.unwrap();
+        let trained = flat(
+            &batch
+                .trained_mask(OffPolicyCorrection::PositiveOnly)
+                .unwrap(),
+        );
+        // Only the peer's rewarded completion (row 3); the member's own rows all stay.
+        assert_eq!(
+            trained,
+            [
+                vec![false, true],
+                vec![false, true],
+                vec![false, false],
+                vec![true, false],
+                vec![false, false],
+            ]
+        );
+
+        let importance = build(OffPolicyCorrection::TruncatedImportance { cap: 2.0 });
+        assert_eq!(importance.external_completions_trained, 2);
+        let batch = importance.batch.unwrap();
+        let trained = flat(&batch.trained_mask(OffPolicyCorrection::None).unwrap());
+        assert_eq!(trained[4], vec![false, false]);
+        let sampler = Vec::<Vec<f32>>::try_from(
+            batch
+                .off_policy
+                .as_ref()
+                .unwrap()
+                .sampler_logprobs
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sampler[0], vec![0.0, 0.0]);
+        assert_eq!(sampler[2], vec![-0.5, -0.5]);
+        assert_eq!(sampler[3], vec![-0.5, 0.0]);
+        assert_eq!(sampler[4], vec![0.0, 0.0]);
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn batch() -> GrpoBatch {
         advantages: t["advantages"].shallow_clone(),
         old_logprobs: None,
         ref_logprobs: None,
+        off_policy: None,
     }
 }
 

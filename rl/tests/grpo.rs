@@ -84,6 +84,7 @@ impl Reference {
                 clip_epsilon_low: self.hyper("clip_epsilon_low"),
                 clip_epsilon_high: self.hyper("clip_epsilon_high"),
                 kl_beta,
+                ..GrpoLoss::default()
             },
             optimizer: self.adamw(),
             max_grad_norm: self.hyper("max_grad_norm"),
@@ -99,6 +100,7 @@ impl Reference {
             advantages: self.t("advantages").shallow_clone(),
             old_logprobs: None,
             ref_logprobs: None,
+            off_policy: None,
         }
     }
 

@@ -251,6 +251,7 @@ fn bench_grpo(args: &Args, model: &Qwen2) -> Result<serde_json::Value, Error> {
         advantages: Tensor::from_slice(&advantages).f_to_device(device)?,
         old_logprobs: None,
         ref_logprobs: None,
+        off_policy: None,
     };
     // The defaults (β = 0, clipping at 1, one micro-batch of 8) are what a swarm round uses; the
     // Python reference is configured the same.
