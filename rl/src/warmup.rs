@@ -1,10 +1,12 @@
-//! A supervised warm-up that makes a base model for RL checks from nothing but a seed: a tiny
-//! random Qwen2 trained with cross-entropy on the bare answer `<answer>X</answer><|im_end|>` of
-//! generated questions, stopped as soon as it solves a target share of a probe set.
+//! A supervised warm-up that makes a base model for RL from nothing but a seed: a small random
+//! Qwen2 trained with cross-entropy on bare answers `<answer>X</answer><|im_end|>` to generated
+//! questions, stopped as soon as it solves a target share of a probe set.
 //!
 //! RL post-trains a model that can already sometimes succeed: a random model never earns a reward,
 //! so every GRPO group would be dropped. Stopping early (rather than after a fixed step count)
-//! leaves the base model with room to improve by a known amount.
+//! leaves the base model with room to improve by a known amount. The caller chooses each
+//! example's target answer ([`Example`]), so it can also teach a model that knows answers it does
+//! not always give.
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -110,9 +112,26 @@ pub fn init_weights(model: &Qwen2, seed: u64) -> Result<(), WarmupError> {
     })
 }
 
-/// What the model is taught to answer: the answer tag alone, no reasoning.
-pub fn target_text(question: &Question) -> String {
-    format!("<answer>{}</answer>", question.answer)
+/// One supervised example: a question and the answer the model is taught to give to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub question: Question,
+    pub answer: String,
+}
+
+impl Example {
+    /// The question with its own, right answer.
+    pub fn correct(question: Question) -> Self {
+        Self {
+            answer: question.answer.clone(),
+            question,
+        }
+    }
+
+    /// What the model is taught to say: the answer tag alone, no reasoning.
+    pub fn target_text(&self) -> String {
+        format!("<answer>{}</answer>", self.answer)
+    }
 }
 
 /// Prompts followed by their target answers, right-padded.
@@ -122,20 +141,20 @@ pub struct SupervisedBatch {
     pub input_ids: Tensor,
     /// `[B, T]`, 1 for real tokens.
     pub attention_mask: Tensor,
-    /// `[B, T - 1]`, aligned with [`Qwen2::token_logprobs`]: 1 where the predicted token is part
-    /// of the answer (its end-of-turn token included), so the prompt itself is never trained.
-    pub target_mask: Tensor,
+    /// `[B, T]`: 1 for the answer's tokens (its end-of-turn token included), so the prompt
+    /// itself is never trained.
+    pub answer_mask: Tensor,
 }
 
 impl SupervisedBatch {
-    pub fn new(tokenizer: &ChatTokenizer, questions: &[Question]) -> Result<Self, WarmupError> {
+    pub fn new(tokenizer: &ChatTokenizer, examples: &[Example]) -> Result<Self, WarmupError> {
         let end = tokenizer
             .token_id(END_OF_TURN)
             .ok_or(WarmupError::MissingToken(END_OF_TURN))?;
-        let mut rows = Vec::with_capacity(questions.len());
-        for question in questions {
-            let prompt = prompt_ids(tokenizer, question)?;
-            let mut target = tokenizer.encode(&target_text(question))?;
+        let mut rows = Vec::with_capacity(examples.len());
+        for example in examples {
+            let prompt = prompt_ids(tokenizer, &example.question)?;
+            let mut target = tokenizer.encode(&example.target_text())?;
             target.push(end);
             rows.push((prompt, target));
         }
@@ -145,24 +164,23 @@ impl SupervisedBatch {
             .max()
             .unwrap_or(0)
             .max(2);
-        let (mut ids, mut attention, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut attention, mut answers) = (Vec::new(), Vec::new(), Vec::new());
         for (prompt, target) in &rows {
             let len = prompt.len() + target.len();
             ids.extend(prompt.iter().chain(target).copied());
             ids.extend(std::iter::repeat_n(0, width - len));
             attention.extend(std::iter::repeat_n(1i64, len));
             attention.extend(std::iter::repeat_n(0, width - len));
-            // Entry t predicts token t + 1: the target starts at entry prompt.len() - 1.
-            targets.extend(std::iter::repeat_n(0i64, prompt.len() - 1));
-            targets.extend(std::iter::repeat_n(1, target.len()));
-            targets.extend(std::iter::repeat_n(0, width - len));
+            answers.extend(std::iter::repeat_n(0i64, prompt.len()));
+            answers.extend(std::iter::repeat_n(1, target.len()));
+            answers.extend(std::iter::repeat_n(0, width - len));
         }
         // Lengths of vectors in memory always fit an i64.
-        let (rows, width) = (rows.len() as i64, width as i64);
+        let shape = [rows.len() as i64, width as i64];
         Ok(Self {
-            input_ids: Tensor::f_from_slice(&ids)?.f_view([rows, width])?,
-            attention_mask: Tensor::f_from_slice(&attention)?.f_view([rows, width])?,
-            target_mask: Tensor::f_from_slice(&targets)?.f_view([rows, width - 1])?,
+            input_ids: Tensor::f_from_slice(&ids)?.f_view(shape)?,
+            attention_mask: Tensor::f_from_slice(&attention)?.f_view(shape)?,
+            answer_mask: Tensor::f_from_slice(&answers)?.f_view(shape)?,
         })
     }
 }
@@ -193,14 +211,14 @@ pub struct WarmupReport {
     pub probe: RewardStats,
 }
 
-/// Trains `model` on batches drawn from `questions` until it answers `config.target_accuracy` of
+/// Trains `model` on batches drawn from `examples` until it answers `config.target_accuracy` of
 /// `probe` correctly (greedy), checking every `config.check_every` steps; `on_check` sees the
 /// progress at every check (a warm-up takes minutes).
 pub fn warm_up(
     model: &Qwen2,
     tokenizer: &ChatTokenizer,
     config: &WarmupConfig,
-    mut questions: impl FnMut() -> Question,
+    mut examples: impl FnMut() -> Example,
     probe: &[Question],
     mut on_check: impl FnMut(&WarmupReport),
 ) -> Result<WarmupReport, WarmupError> {
@@ -232,7 +250,7 @@ pub fn warm_up(
         probe: evaluate(model, tokenizer, &mut sampler, probe, &greedy)?,
     };
     while report.steps < config.max_steps && report.probe.mean_reward < config.target_accuracy {
-        let batch: Vec<Question> = (0..config.batch_size).map(|_| questions()).collect();
+        let batch: Vec<Example> = (0..config.batch_size).map(|_| examples()).collect();
         let batch = SupervisedBatch::new(tokenizer, &batch)?;
         report.loss = supervised_step(model, &mut optimizer, &batch, config.max_grad_norm)?;
         report.steps += 1;
@@ -252,14 +270,16 @@ pub fn supervised_step(
     max_grad_norm: f64,
 ) -> Result<f64, WarmupError> {
     let device = model.device();
-    let logprobs = model.token_logprobs(
+    let answers = batch.answer_mask.f_to_device(device)?;
+    // The questions' shared system prompt and each question run once, not once per row.
+    let logprobs = model.completion_logprobs(
         &batch.input_ids.f_to_device(device)?,
-        Some(&batch.attention_mask.f_to_device(device)?),
+        &batch.attention_mask.f_to_device(device)?,
+        &answers,
     )?;
-    let mask = batch
-        .target_mask
-        .f_to_device(device)?
-        .f_to_kind(Kind::Float)?;
+    let width = answers.size().last().copied().unwrap_or(0);
+    // Entry t of the log-probabilities predicts token t + 1.
+    let mask = answers.f_narrow(1, 1, width - 1)?.f_to_kind(Kind::Float)?;
     let tokens = mask.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
     let loss = logprobs
         .f_mul(&mask)?

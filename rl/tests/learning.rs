@@ -1,7 +1,7 @@
 //! The learning check: GRPO rounds of [`run_round`] raise a tiny model's mean reward on an easy
 //! family by a margin well above run-to-run noise.
 //!
-//! The base model (`fixtures/learning-base`, made by `examples/make-learning-base.rs`) is a tiny
+//! The base model (`fixtures/learning-base`, made by `examples/make-base.rs --preset learning`) is a tiny
 //! Qwen2 warmed up on the easiest basic-arithmetic questions (`a op b`, one-digit operands,
 //! `+ - *`) until it solved about a quarter of its probe set, so GRPO groups often disagree.
 //!
