@@ -19,10 +19,11 @@ pub use message::{
     Limits, RolloutMessage, SCHEMA_VERSION, SharedCompletion, SharedGroup, decode, encode,
 };
 pub use network::{
-    Backoff, Network, NetworkConfig, NetworkError, NetworkStatus, Received, rollouts_topic,
+    Backoff, Network, NetworkConfig, NetworkError, NetworkStatus, Received, TokenCounter,
+    rollouts_topic,
 };
 pub use rejection::Rejection;
-pub use validation::{Expectations, RateLimiter, validate};
+pub use validation::{Expectations, RateLimiter, check_logprob_counts, validate};
 
 /// The libp2p types in this crate's API, so callers need no libp2p dependency of their own.
 pub use libp2p::{Multiaddr, PeerId, identity};

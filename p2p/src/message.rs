@@ -8,7 +8,8 @@
 //! group      = source  prompt:string  answer:string  count:varint (key:string value:string)*
 //!              count:varint completion*
 //! source     = tag:u8 (0 = dataset, followed by its name:string; 1..=6 = a procedural family)
-//! completion = ended:u8 (0 or 1)  text:string
+//! completion = ended:u8 (0 or 1)  text:string  count:varint logprob*
+//! logprob    = f32, little-endian: finite and <= 0 (count 0: the sender gives none)
 //! bytes      = length:varint byte*          string = bytes holding UTF-8
 //! varint     = unsigned LEB128, minimal, at most 64 bits
 //! ```
@@ -22,8 +23,9 @@ use swarm_tasks::{Question, Source, TaskFamily};
 
 use crate::Rejection;
 
-/// The first byte of every message. A node rejects versions it does not speak.
-pub const SCHEMA_VERSION: u8 = 1;
+/// The first byte of every message. A node rejects versions it does not speak. Version 2 added
+/// each completion's sampling log-probabilities.
+pub const SCHEMA_VERSION: u8 = 2;
 
 /// The longest PeerId in its binary form: a multihash of at most 64 bytes plus its header.
 const MAX_SENDER_BYTES: usize = 70;
@@ -32,7 +34,7 @@ const MAX_SENDER_BYTES: usize = 70;
 const DATASET_TAG: u8 = 0;
 
 /// One round's rollouts as a member shares them with its peers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RolloutMessage {
     pub round: u64,
     /// The member that generated the rollouts; it must be the gossip message's signed author.
@@ -41,19 +43,24 @@ pub struct RolloutMessage {
 }
 
 /// The completions generated for one question.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SharedGroup {
     pub question: Question,
     pub completions: Vec<SharedCompletion>,
 }
 
 /// One decoded completion.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct SharedCompletion {
     pub text: String,
     /// The completion stopped at the end-of-sequence token (the receiver appends that token when
     /// it re-tokenizes the text).
     pub ended: bool,
+    /// The sender's sampling log-probability of each token of the completion as the receiver
+    /// tokenizes it (`text`, plus the end-of-sequence token when `ended`), so a receiver can
+    /// weigh tokens by how likely its own policy finds them relative to the sender's. Empty when
+    /// the sender gives none (its sampled tokens were not the text's canonical tokenization).
+    pub logprobs: Vec<f32>,
 }
 
 /// Bounds a received message must stay within; [`decode`] checks each before allocating.
@@ -66,6 +73,8 @@ pub struct Limits {
     pub max_prompt_bytes: usize,
     pub max_answer_bytes: usize,
     pub max_completion_bytes: usize,
+    /// Log-probabilities of one completion.
+    pub max_completion_logprobs: usize,
     /// Metadata entries of one question.
     pub max_metadata_entries: usize,
     pub max_metadata_key_bytes: usize,
@@ -82,6 +91,8 @@ impl Default for Limits {
             max_prompt_bytes: 4096,
             max_answer_bytes: 1024,
             max_completion_bytes: 8192,
+            // A token is at least one byte of the text, plus the end-of-sequence token.
+            max_completion_logprobs: 8193,
             max_metadata_entries: 16,
             max_metadata_key_bytes: 64,
             max_metadata_value_bytes: 1024,
@@ -118,6 +129,10 @@ pub fn encode(message: &RolloutMessage) -> Vec<u8> {
         for completion in &group.completions {
             out.push(u8::from(completion.ended));
             put_bytes(&mut out, completion.text.as_bytes());
+            put_len(&mut out, completion.logprobs.len());
+            for logprob in &completion.logprobs {
+                out.extend_from_slice(&logprob.to_le_bytes());
+            }
         }
     }
     out
@@ -231,6 +246,14 @@ impl<'a> Reader<'a> {
         Err(Rejection::Malformed("varint longer than 10 bytes".into()))
     }
 
+    fn f32(&mut self) -> Result<f32, Rejection> {
+        let Some((bytes, rest)) = self.rest.split_first_chunk::<4>() else {
+            return Err(Rejection::Truncated);
+        };
+        self.rest = rest;
+        Ok(f32::from_le_bytes(*bytes))
+    }
+
     /// A declared element count, at most `limit`.
     fn count(&mut self, field: &'static str, limit: usize) -> Result<usize, Rejection> {
         let found = saturating_usize(self.varint()?);
@@ -309,7 +332,22 @@ impl<'a> Reader<'a> {
                 }
             };
             let text = self.string("completion", limits.max_completion_bytes)?;
-            completions.push(SharedCompletion { text, ended });
+            let count = self.count("logprobs", limits.max_completion_logprobs)?;
+            let mut logprobs = Vec::new();
+            for index in 0..count {
+                let logprob = self.f32()?;
+                if !(logprob.is_finite() && logprob <= 0.0) {
+                    return Err(Rejection::InvalidLogprobs(format!(
+                        "log-probability {index} is {logprob}, not a finite value <= 0"
+                    )));
+                }
+                logprobs.push(logprob);
+            }
+            completions.push(SharedCompletion {
+                text,
+                ended,
+                logprobs,
+            });
         }
         Ok(SharedGroup {
             question: Question {
@@ -358,10 +396,12 @@ mod tests {
                         SharedCompletion {
                             text: "31".into(),
                             ended: true,
+                            logprobs: vec![-0.5, 0.0],
                         },
                         SharedCompletion {
                             text: "é".into(),
                             ended: false,
+                            logprobs: Vec::new(),
                         },
                     ],
                 },
@@ -390,7 +430,7 @@ mod tests {
     #[test]
     fn the_wire_format_is_pinned() {
         let golden = [
-            "01",   // version
+            "02",   // version
             "ac02", // round 300
             // sender: 39 bytes, the identity multihash of the protobuf secp256k1 public key
             "27",
@@ -403,12 +443,16 @@ mod tests {
             "01",
             "0162",
             "023130",
-            // two completions: "31" ended, "é" cut off
+            // two completions: "31" ended with log-probabilities -0.5 and 0, "é" cut off without
             "02",
             "01",
             "023331",
+            "02",
+            "000000bf",
+            "00000000",
             "00",
             "02c3a9",
+            "00",
             // dataset "gsm", empty prompt, answer "4", no metadata, no completions
             "00",
             "0367736d",

@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use crate::behaviour::{Behaviour, BehaviourError, BehaviourEvent, IDENTIFY_PROTOCOL};
 use crate::{
-    Expectations, Limits, RateLimiter, Rejection, RolloutMessage, SCHEMA_VERSION, decode, validate,
+    Expectations, Limits, RateLimiter, Rejection, RolloutMessage, SCHEMA_VERSION, SharedCompletion,
+    check_logprob_counts, decode, validate,
 };
 
 /// Connections without traffic stay open this long; gossip keeps members' connections busy.
@@ -64,7 +65,14 @@ pub struct NetworkConfig {
     /// Accepted messages waiting for the application; more are dropped and counted.
     pub inbox_capacity: usize,
     pub redial: Backoff,
+    /// Counts the tokens of a completion as this node trains on it, so that a completion whose
+    /// log-probabilities are not one per token is rejected (see [`check_logprob_counts`]);
+    /// without it only their values are checked.
+    pub count_tokens: Option<TokenCounter>,
 }
+
+/// See [`NetworkConfig::count_tokens`].
+pub type TokenCounter = Arc<dyn Fn(&SharedCompletion) -> usize + Send + Sync>;
 
 impl NetworkConfig {
     /// A configuration with the defaults: no listen or bootstrap addresses yet, a round window of
@@ -81,6 +89,7 @@ impl NetworkConfig {
             messages_per_peer_per_round: 2,
             inbox_capacity: 1024,
             redial: Backoff::default(),
+            count_tokens: None,
         }
     }
 }
@@ -237,6 +246,7 @@ impl Network {
             limits: config.limits,
             round_window: config.round_window,
             group_size: config.group_size,
+            count_tokens: config.count_tokens,
             round: Arc::clone(&round),
             limiter: RateLimiter::new(config.messages_per_peer_per_round),
             inbox,
@@ -356,6 +366,7 @@ struct EventLoop {
     limits: Limits,
     round_window: u64,
     group_size: usize,
+    count_tokens: Option<TokenCounter>,
     round: Arc<AtomicU64>,
     limiter: RateLimiter,
     inbox: mpsc::Sender<Received>,
@@ -545,6 +556,9 @@ impl EventLoop {
             group_size: self.group_size,
         };
         validate(&rollouts, &author, &expect)?;
+        if let Some(count_tokens) = &self.count_tokens {
+            check_logprob_counts(&rollouts, |completion| count_tokens(completion))?;
+        }
         self.limiter.forget_before(expect.oldest_round());
         self.limiter.admit(author, rollouts.round)?;
         Ok((rollouts, author))

@@ -40,6 +40,8 @@ pub enum Rejection {
     RateLimited { round: u64, limit: u32 },
     #[error("message holds no groups")]
     Empty,
+    #[error("invalid log-probabilities: {0}")]
+    InvalidLogprobs(String),
 }
 
 impl Rejection {
@@ -59,6 +61,7 @@ impl Rejection {
             Rejection::InvalidQuestion(_) => "invalid_question",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Empty => "empty",
+            Rejection::InvalidLogprobs(_) => "invalid_logprobs",
         }
     }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use libp2p::PeerId;
 
-use crate::{Rejection, RolloutMessage};
+use crate::{Rejection, RolloutMessage, SharedCompletion};
 
 /// What the receiving node expects of every message at the moment it arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +62,29 @@ pub fn validate(
             .question
             .check()
             .map_err(|error| Rejection::InvalidQuestion(format!("group {index}: {error}")))?;
+    }
+    Ok(())
+}
+
+/// Checks that every completion that carries log-probabilities has exactly one per token, with
+/// `tokens` counting a completion's tokens as the receiver trains on them.
+pub fn check_logprob_counts(
+    message: &RolloutMessage,
+    tokens: impl Fn(&SharedCompletion) -> usize,
+) -> Result<(), Rejection> {
+    for (index, group) in message.groups.iter().enumerate() {
+        for completion in &group.completions {
+            if completion.logprobs.is_empty() {
+                continue;
+            }
+            let expected = tokens(completion);
+            if completion.logprobs.len() != expected {
+                return Err(Rejection::InvalidLogprobs(format!(
+                    "group {index}: {} log-probabilities for a completion of {expected} tokens",
+                    completion.logprobs.len()
+                )));
+            }
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use swarm_p2p::identity::Keypair;
 use swarm_p2p::{
     Expectations, Limits, PeerId, RateLimiter, Rejection, RolloutMessage, SharedCompletion,
-    SharedGroup, decode, encode, validate,
+    SharedGroup, check_logprob_counts, decode, encode, validate,
 };
 use swarm_tasks::{Metadata, Question, Source, TaskFamily, families};
 
@@ -26,6 +26,7 @@ fn one_group(question: Question, text: &str) -> RolloutMessage {
             completions: vec![SharedCompletion {
                 text: text.into(),
                 ended: true,
+                logprobs: vec![-0.25; 2],
             }],
         }],
     }
@@ -132,7 +133,7 @@ fn malformed_bytes_are_named() {
     let flag = patched(&bytes, &[1, 4, b't', b'e'], &[2]);
     assert!(malformed(decode(&flag, &limits)).contains("end flag"));
 
-    let mut overlong_round = vec![1, 0x81, 0x00];
+    let mut overlong_round = vec![swarm_p2p::SCHEMA_VERSION, 0x81, 0x00];
     overlong_round.extend_from_slice(&bytes[2..]);
     assert!(malformed(decode(&overlong_round, &limits)).contains("minimally"));
 
@@ -146,7 +147,7 @@ fn malformed_bytes_are_named() {
 #[test]
 fn versions_and_family_tags_must_be_known() {
     let bytes = encode(&one_group(question("p", "a", &[]), "t"));
-    for version in [0, 2, 255] {
+    for version in [0, 1, 3, 255] {
         let mut other = bytes.clone();
         other[0] = version;
         assert_eq!(
@@ -208,6 +209,61 @@ fn counts_are_limited() {
         ..Limits::default()
     };
     assert!(decode(&bytes, &exact).is_ok());
+}
+
+/// A completion's log-probabilities are finite and ≤ 0, within their count limit, and (where
+/// the receiver counts tokens) one per token; anything else is a rejection.
+#[test]
+fn logprobs_are_checked() {
+    let limits = Limits::default();
+    let with = |logprobs: Vec<f32>| {
+        let mut message = one_group(question("p", "a", &[]), "text");
+        message.groups[0].completions[0].logprobs = logprobs;
+        message
+    };
+    let ok = with(vec![-1.5, 0.0, -0.0]);
+    assert_eq!(decode(&encode(&ok), &limits), Ok(ok.clone()));
+    for bad in [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.5,
+        f32::MIN_POSITIVE,
+    ] {
+        let rejected = decode(&encode(&with(vec![-1.0, bad])), &limits);
+        assert!(
+            matches!(&rejected, Err(Rejection::InvalidLogprobs(m)) if m.contains("log-probability 1")),
+            "{bad}: {rejected:?}"
+        );
+    }
+    let few = Limits {
+        max_completion_logprobs: 2,
+        ..Limits::default()
+    };
+    assert_eq!(
+        decode(&encode(&ok), &few),
+        Err(Rejection::TooMany {
+            field: "logprobs",
+            found: 3,
+            limit: 2
+        })
+    );
+    // A count that runs past the end of the message.
+    let mut truncated = encode(&ok);
+    truncated.truncate(truncated.len() - 2);
+    assert_eq!(decode(&truncated, &limits), Err(Rejection::Truncated));
+
+    let three_tokens = |_: &SharedCompletion| 3;
+    assert_eq!(check_logprob_counts(&ok, three_tokens), Ok(()));
+    assert!(matches!(
+        check_logprob_counts(&with(vec![-1.0; 4]), three_tokens),
+        Err(Rejection::InvalidLogprobs(m)) if m.contains("4 log-probabilities for a completion of 3 tokens")
+    ));
+    // None given is always fine: the receiver then has no sampler probabilities to weigh by.
+    assert_eq!(
+        check_logprob_counts(&with(Vec::new()), three_tokens),
+        Ok(())
+    );
 }
 
 #[test]
@@ -396,6 +452,7 @@ fn reasons_are_distinct_snake_case_labels() {
         Rejection::InvalidQuestion("x".into()),
         Rejection::RateLimited { round: 1, limit: 1 },
         Rejection::Empty,
+        Rejection::InvalidLogprobs("x".into()),
     ];
     let mut reasons: Vec<&str> = all.iter().map(Rejection::reason).collect();
     assert!(
@@ -425,8 +482,14 @@ fn arb_question() -> impl Strategy<Value = Question> {
 }
 
 fn arb_message() -> impl Strategy<Value = RolloutMessage> {
-    let completion =
-        ("\\PC{0,60}", any::<bool>()).prop_map(|(text, ended)| SharedCompletion { text, ended });
+    let logprobs = proptest::collection::vec(-30.0f32..=0.0, 0..4);
+    let completion = ("\\PC{0,60}", any::<bool>(), logprobs).prop_map(|(text, ended, logprobs)| {
+        SharedCompletion {
+            text,
+            ended,
+            logprobs,
+        }
+    });
     let group = (arb_question(), proptest::collection::vec(completion, 0..5)).prop_map(
         |(question, completions)| SharedGroup {
             question,
@@ -455,6 +518,7 @@ fn tight_limits() -> Limits {
         max_prompt_bytes: 20,
         max_answer_bytes: 8,
         max_completion_bytes: 30,
+        max_completion_logprobs: 2,
         max_metadata_entries: 2,
         max_metadata_key_bytes: 6,
         max_metadata_value_bytes: 10,

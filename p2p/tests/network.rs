@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::valid_message;
@@ -13,7 +14,7 @@ use swarm_identity::MemberKey;
 use swarm_p2p::identity::Keypair;
 use swarm_p2p::{
     Backoff, Multiaddr, Network, NetworkConfig, NetworkError, NetworkStatus, PeerId, Received,
-    encode, rollouts_topic,
+    SharedCompletion, encode, rollouts_topic,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
@@ -36,6 +37,10 @@ fn addr(text: &str) -> Multiaddr {
 
 fn config(keypair: Keypair, listen: &str, bootstrap: Vec<Multiaddr>) -> NetworkConfig {
     let mut config = NetworkConfig::new(keypair, rollouts_topic("test-swarm"), GROUP_SIZE);
+    // A stand-in for a tokenizer: one token per character, plus the end-of-sequence token.
+    config.count_tokens = Some(Arc::new(|completion: &SharedCompletion| {
+        completion.text.chars().count() + usize::from(completion.ended)
+    }));
     config.listen = vec![addr(listen)];
     config.bootstrap = bootstrap;
     config.redial = Backoff {
@@ -257,6 +262,45 @@ async fn a_node_keeps_dialling_a_bootstrap_peer_that_starts_later() {
     );
     early.shutdown().await;
     late.shutdown().await;
+}
+
+/// Log-probabilities that are not finite and ≤ 0, or not one per token as the receiver counts
+/// them, get a message rejected and its sender scored down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_logprobs_are_rejected_and_scored() {
+    init_tracing();
+    let (honest, _honest_inbox) = start(config(
+        Keypair::generate_secp256k1(),
+        "/ip4/127.0.0.1/tcp/0",
+        Vec::new(),
+    ))
+    .await;
+    let honest_addr = bootstrap_addr(&honest).await;
+    let (sender, _sender_inbox) = start(config(
+        Keypair::generate_secp256k1(),
+        "/ip4/127.0.0.1/tcp/0",
+        vec![honest_addr],
+    ))
+    .await;
+    let sender_id = sender.local_peer_id();
+    wait_for_status(&honest, "a mesh", Duration::from_secs(15), |status| {
+        status.mesh_peers.len() == 1
+    })
+    .await;
+    let with_logprobs = |logprobs: Vec<f32>| {
+        let mut message = valid_message(sender_id, ROUND, 2, GROUP_SIZE);
+        message.groups[1].completions[0].logprobs = logprobs;
+        encode(&message)
+    };
+    // The honest node counts one token per character (see `config`).
+    publish(&sender, with_logprobs(vec![0.5])).await;
+    publish(&sender, with_logprobs(vec![-1.0; 3])).await;
+    let status = wait_for_status(&honest, "rejections", Duration::from_secs(10), |status| {
+        status.rejected("invalid_logprobs") == 2
+    })
+    .await;
+    assert_eq!(status.accepted, 0, "{status:#?}");
+    assert!(status.score(&sender_id).unwrap() < 0.0, "{status:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,6 +342,7 @@ impl Template {
                         SharedCompletion {
                             text: body + &answer,
                             ended: rng.random_bool(0.8),
+                            logprobs: Vec::new(),
                         }
                     })
                     .collect();

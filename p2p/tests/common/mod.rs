@@ -25,6 +25,7 @@ pub fn valid_message(
                         question.answer
                     ),
                     ended: completion % 2 == 0,
+                    logprobs: Vec::new(),
                 })
                 .collect();
             SharedGroup {
