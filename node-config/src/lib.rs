@@ -157,6 +157,15 @@ pub struct TrainingConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "schema", schemars(length(max = 32)))]
     pub tasks: Vec<TaskWeight>,
+    /// A heterogeneous swarm: member `k` (the ordinal ending its name) trains on the task mix of
+    /// group `k mod len`, instead of `tasks`. Sharing can then carry a skill from the members that
+    /// practise it to the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 32)))]
+    pub task_groups: Vec<TaskGroup>,
+    /// How a member trains on the rollouts its peers share.
+    #[serde(default)]
+    pub sharing: SharingConfig,
     /// A JSONL dataset (`question`, `answer`, optional `metadata` per line) instead of procedural tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetSource>,
@@ -179,9 +188,88 @@ impl Default for TrainingConfig {
             seed: None,
             difficulty: defaults::difficulty(),
             tasks: Vec::new(),
+            task_groups: Vec::new(),
+            sharing: SharingConfig::default(),
             dataset: None,
         }
     }
+}
+
+impl TrainingConfig {
+    /// The task mix of the member with this ordinal: its group's under `taskGroups`, else `tasks`.
+    pub fn tasks_of(&self, ordinal: u64) -> &[TaskWeight] {
+        match self.task_groups.len() {
+            0 => &self.tasks,
+            // The remainder is below the groups' count, a usize.
+            groups => &self.task_groups[(ordinal % groups as u64) as usize].tasks,
+        }
+    }
+
+    /// Every family some member trains on (in first-appearance order): what members are evaluated
+    /// on. Empty when `tasks` is (all families) and there are no groups.
+    pub fn all_tasks(&self) -> Vec<TaskFamily> {
+        let mut families: Vec<TaskFamily> = Vec::new();
+        let groups = self.task_groups.iter().flat_map(|g| &g.tasks);
+        for weight in self.tasks.iter().chain(groups) {
+            if !families.contains(&weight.family) {
+                families.push(weight.family);
+            }
+        }
+        families
+    }
+}
+
+/// One task mix of a heterogeneous swarm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskGroup {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 32)))]
+    pub tasks: Vec<TaskWeight>,
+}
+
+/// How a member trains on its peers' completions, which another policy sampled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharingConfig {
+    #[serde(default)]
+    pub policy: SharingPolicy,
+    /// `importance`: the most weight one peer token can get (C of the truncated ratio).
+    #[serde(default = "defaults::importance_cap")]
+    pub importance_cap: f64,
+    /// `shaping`: γ of LUFFY's `p / (p + γ)`.
+    #[serde(default = "defaults::shaping_gamma")]
+    pub shaping_gamma: f64,
+}
+
+impl Default for SharingConfig {
+    fn default() -> Self {
+        Self {
+            policy: SharingPolicy::default(),
+            importance_cap: defaults::importance_cap(),
+            shaping_gamma: defaults::shaping_gamma(),
+        }
+    }
+}
+
+/// The rule by which peers' completions enter a member's GRPO loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum SharingPolicy {
+    /// As the member's own samples (SAPO as published).
+    Plain,
+    /// Only completions with a positive advantage: learn from peers' successes, never push down
+    /// text the member itself may rarely produce.
+    #[default]
+    Positive,
+    /// Each token weighted by the truncated ratio `min(π_member / π_sender, importanceCap)`,
+    /// from the log-probabilities the sender ships; completions without them are left out.
+    Importance,
+    /// LUFFY's policy shaping: `-A · p / (p + shapingGamma)` with `p` the member's probability,
+    /// no clipping.
+    Shaping,
 }
 
 mod defaults {
@@ -220,6 +308,12 @@ mod defaults {
     }
     pub fn task_weight() -> u32 {
         1
+    }
+    pub fn importance_cap() -> f64 {
+        2.0
+    }
+    pub fn shaping_gamma() -> f64 {
+        0.1
     }
 }
 
@@ -339,6 +433,23 @@ impl NodeConfig {
         if training.micro_batch_size == 0 {
             return Err("training.microBatchSize must be at least 1".into());
         }
+        if !training.task_groups.is_empty() && !training.tasks.is_empty() {
+            return Err("training.taskGroups replaces training.tasks: set one of them".into());
+        }
+        if training
+            .task_groups
+            .iter()
+            .any(|group| group.tasks.is_empty())
+        {
+            return Err("every training.taskGroups entry needs at least one task".into());
+        }
+        let sharing = &training.sharing;
+        if !(sharing.importance_cap.is_finite() && sharing.importance_cap > 0.0) {
+            return Err("training.sharing.importanceCap must be greater than 0".into());
+        }
+        if !(sharing.shaping_gamma.is_finite() && sharing.shaping_gamma > 0.0) {
+            return Err("training.sharing.shapingGamma must be greater than 0".into());
+        }
         if self.rounds.duration_seconds == 0 {
             return Err("rounds.durationSeconds must be at least 1".into());
         }
@@ -442,6 +553,55 @@ mod tests {
         config.training.clip_epsilon_high = 1.0;
         let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
         assert!(err.to_string().contains("clipEpsilonHigh"), "{err}");
+    }
+
+    #[test]
+    fn task_groups_give_members_their_mix_by_ordinal() {
+        let mut training = TrainingConfig::default();
+        let group = |family| TaskGroup {
+            tasks: vec![TaskWeight { family, weight: 1 }],
+        };
+        training.task_groups = vec![
+            group(TaskFamily::BasicArithmetic),
+            group(TaskFamily::FractionSimplification),
+        ];
+        assert_eq!(training.tasks_of(0)[0].family, TaskFamily::BasicArithmetic);
+        assert_eq!(
+            training.tasks_of(3)[0].family,
+            TaskFamily::FractionSimplification
+        );
+        assert_eq!(
+            training.all_tasks(),
+            [
+                TaskFamily::BasicArithmetic,
+                TaskFamily::FractionSimplification
+            ]
+        );
+        let mut config = sample();
+        config.training = training.clone();
+        config.training.tasks = vec![TaskWeight {
+            family: TaskFamily::BaseConversion,
+            weight: 1,
+        }];
+        let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("taskGroups"), "{err}");
+        training.task_groups.push(TaskGroup { tasks: Vec::new() });
+        config.training = training;
+        let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("at least one task"), "{err}");
+    }
+
+    #[test]
+    fn sharing_defaults_and_bounds() {
+        let training: TrainingConfig =
+            serde_yaml_ng::from_str("sharing: {policy: importance}").unwrap();
+        assert_eq!(training.sharing.policy, SharingPolicy::Importance);
+        assert_eq!(training.sharing.importance_cap, 2.0);
+        let mut config = sample();
+        config.training.sharing.shaping_gamma = 0.0;
+        let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
+        assert!(err.to_string().contains("shapingGamma"), "{err}");
+        assert!(serde_yaml_ng::from_str::<TrainingConfig>("sharing: {policy: nope}").is_err());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! API server runs: each valid case passes, each invalid case fails with its own message.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use swarm_node_config::{Dtype, TrainingConfig};
+use swarm_node_config::{
+    DatasetSource, Dtype, SharingPolicy, TaskFamily, TaskGroup, TaskWeight, TrainingConfig,
+};
 use swarm_operator::api::*;
 
 fn swarm(name: &str) -> Swarm {
@@ -135,6 +137,43 @@ fn kl_weight_and_temperature_are_sane() {
     let mut s = swarm("demo");
     s.spec.training.temperature = 0.0;
     rejected(&s, "temperature must be greater than 0");
+}
+
+#[test]
+fn sharing_knobs_are_positive() {
+    let mut s = swarm("demo");
+    s.spec.training.sharing.importance_cap = 0.0;
+    rejected(&s, "importanceCap must be greater than 0");
+    let mut s = swarm("demo");
+    s.spec.training.sharing.shaping_gamma = -1.0;
+    rejected(&s, "shapingGamma must be greater than 0");
+    let mut s = swarm("demo");
+    s.spec.training.sharing.policy = SharingPolicy::Importance;
+    s.spec.training.sharing.importance_cap = 1.5;
+    accepted(&s);
+}
+
+#[test]
+fn task_groups_exclude_tasks_and_a_dataset() {
+    let weight = |family| TaskWeight { family, weight: 1 };
+    let mut s = swarm("demo");
+    s.spec.training.task_groups = vec![
+        TaskGroup {
+            tasks: vec![weight(TaskFamily::BasicArithmetic)],
+        },
+        TaskGroup {
+            tasks: vec![weight(TaskFamily::FractionSimplification)],
+        },
+    ];
+    accepted(&s);
+    let mut with_tasks = s.clone();
+    with_tasks.spec.training.tasks = vec![weight(TaskFamily::BaseConversion)];
+    rejected(&with_tasks, "taskGroups replaces training.tasks");
+    let mut with_dataset = s;
+    with_dataset.spec.training.dataset = Some(DatasetSource {
+        path: "questions.jsonl".into(),
+    });
+    rejected(&with_dataset, "two sources of questions");
 }
 
 #[test]

@@ -75,6 +75,10 @@ pub struct SwarmSpec {
         validation = Rule::new("self.clipEpsilonHigh > 0.0 && self.clipEpsilonHigh < 1.0").message("training.clipEpsilonHigh must be between 0 and 1 (exclusive)"),
         validation = Rule::new("self.klBeta >= 0.0").message("training.klBeta must not be negative"),
         validation = Rule::new("self.temperature > 0.0").message("training.temperature must be greater than 0"),
+        validation = Rule::new("self.sharing.importanceCap > 0.0").message("training.sharing.importanceCap must be greater than 0"),
+        validation = Rule::new("self.sharing.shapingGamma > 0.0").message("training.sharing.shapingGamma must be greater than 0"),
+        validation = Rule::new("!has(self.taskGroups) || !has(self.tasks) || size(self.taskGroups) == 0 || size(self.tasks) == 0").message("training.taskGroups replaces training.tasks: set one of them"),
+        validation = Rule::new("!has(self.taskGroups) || size(self.taskGroups) == 0 || !has(self.dataset)").message("training.taskGroups and training.dataset are two sources of questions: set one of them"),
         validation = Rule::new("self.completionsPerQuestion == oldSelf.completionsPerQuestion").message("training.completionsPerQuestion (G) is immutable: members accept only peer groups of exactly G completions, so running members would reject each other's rollouts")
     )]
     pub training: TrainingConfig,
