@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod exchange;
 pub mod experiment;
+pub mod learner;
 pub mod ledger;
 pub mod local;
 pub mod local_chain;

@@ -158,26 +158,6 @@ impl Outcome {
         self.reports.iter().map(|r| r.reward).sum()
     }
 
-    /// Mean reward over every member's reports of the last quarter of the rounds reported: where
-    /// training has got to, rather than the whole run's total.
-    pub fn final_quarter_reward(&self) -> f64 {
-        let last = self.reports.iter().map(|r| r.round).max().unwrap_or(0);
-        let first = self.reports.iter().map(|r| r.round).min().unwrap_or(0);
-        let from = last - (last - first) / 4;
-        let tail: Vec<f64> = self
-            .reports
-            .iter()
-            .filter(|r| r.round >= from)
-            .map(|r| r.reward)
-            .collect();
-        tail.iter().sum::<f64>() / tail.len().max(1) as f64
-    }
-
-    /// Rounds members passed over because they fell behind, summed over members.
-    pub fn skipped_rounds(&self) -> u64 {
-        self.reports.iter().map(|r| r.skipped_rounds).sum()
-    }
-
     fn by_member(&self) -> BTreeMap<&str, Vec<&RoundReport>> {
         let mut by_member: BTreeMap<&str, Vec<&RoundReport>> = self
             .members
@@ -324,7 +304,8 @@ pub fn run(swarm: &LocalSwarm, binary: &Path) -> Result<Outcome, LocalError> {
     Ok(outcome)
 }
 
-fn write_base_model(dir: &Path) -> Result<PathBuf, LocalError> {
+/// Writes the embedded base model to `dir`; the directory.
+pub fn write_base_model(dir: &Path) -> Result<PathBuf, LocalError> {
     fs::create_dir_all(dir).map_err(io(dir))?;
     for (name, bytes) in BASE_MODEL {
         let path = dir.join(name);
@@ -566,18 +547,20 @@ fn write_chart(path: &Path, outcome: &Outcome) -> Result<(), LocalError> {
     let series = by_member
         .iter()
         .filter(|(_, reports)| !reports.is_empty())
-        .map(|(member, reports)| Series {
-            name: (*member).to_owned(),
-            points: reports
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let from = (i + 1).saturating_sub(window);
-                    let mean = reports[from..=i].iter().map(|r| r.reward).sum::<f64>()
-                        / (i + 1 - from) as f64;
-                    (r.round as f64, mean)
-                })
-                .collect(),
+        .map(|(member, reports)| {
+            Series::new(
+                *member,
+                reports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let from = (i + 1).saturating_sub(window);
+                        let mean = reports[from..=i].iter().map(|r| r.reward).sum::<f64>()
+                            / (i + 1 - from) as f64;
+                        (r.round as f64, mean)
+                    })
+                    .collect(),
+            )
         })
         .collect();
     let chart = LineChart {

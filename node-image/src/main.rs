@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use swarm_node::Startup;
-use swarm_node::experiment;
+use swarm_node::experiment::{self, Experiment};
 use swarm_node::local::{self, LocalSwarm};
 use swarm_node::member::{self, RunOptions};
-use swarm_node_config::{TaskFamily, TaskWeight};
+use swarm_node_config::{
+    SharingConfig, SharingPolicy, TaskFamily, TaskGroup, TaskWeight, TrainingConfig,
+};
 use swarm_telemetry::{LogFormat, Telemetry};
 
 /// Exit status for a missing or malformed mounted file or argument: the configuration is wrong.
@@ -34,7 +36,8 @@ enum Command {
     Check(MemberArgs),
     /// Runs a swarm of several members on this machine, on the embedded base model.
     Local(LocalArgs),
-    /// The SAPO experiment in small: one local swarm per I/J split, compared by cumulative reward.
+    /// The SAPO experiment in small: swarms trained under several I/J splits and sharing policies,
+    /// each with several seeds, compared by cumulative reward and a held-out evaluation.
     Experiment(ExperimentArgs),
 }
 
@@ -87,21 +90,29 @@ struct SwarmArgs {
     /// fraction_simplification, calendar_arithmetic, propositional_logic).
     #[arg(long, value_delimiter = ',', default_value = "basic_arithmetic")]
     tasks: Vec<String>,
+    /// A heterogeneous swarm instead of --tasks: task groups separated by `;`, families within
+    /// a group by `,` (e.g. `basic_arithmetic;fraction_simplification`); member k trains on group
+    /// k mod the number of groups, and every member is evaluated on all of them.
+    #[arg(long)]
+    task_groups: Option<String>,
     /// Difficulty of the questions, 1 to 5; the embedded model learns level 1.
     #[arg(long, default_value_t = 1)]
     difficulty: u8,
-    /// Adam learning rate; members drift apart (and peers' rollouts grow off-policy) faster above it.
+    /// Adam learning rate.
     #[arg(long, default_value_t = 2e-4)]
     learning_rate: f64,
     /// Most tokens per completion.
     #[arg(long, default_value_t = 16)]
     max_new_tokens: u32,
-    /// Base seed of the members' questions and sampling.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Checkpoint every this many rounds.
-    #[arg(long, default_value_t = 10)]
-    checkpoint_every: u32,
+    /// How members train on their peers' completions: plain, positive, importance or shaping.
+    #[arg(long, default_value = "positive")]
+    sharing: String,
+    /// `importance`: the most weight one peer token can get.
+    #[arg(long, default_value_t = 2.0)]
+    importance_cap: f64,
+    /// `shaping`: γ of p / (p + γ).
+    #[arg(long, default_value_t = 0.1)]
+    shaping_gamma: f64,
     /// A model directory (config.json, *.safetensors, tokenizer.json) instead of the embedded one.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -126,6 +137,12 @@ struct LocalArgs {
     /// J: peers' question groups trained on per round.
     #[arg(long, default_value_t = 4)]
     external: u32,
+    /// Base seed of the members' questions and sampling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Checkpoint every this many rounds.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: u32,
     /// Output directory: metrics.csv, metrics.json, reward.png, members' logs.
     #[arg(long, default_value = "local-swarm")]
     out: PathBuf,
@@ -140,21 +157,31 @@ struct LocalArgs {
 
 #[derive(Args, Clone)]
 struct ExperimentArgs {
-    /// Member processes, as the paper's 8 agents.
+    /// Members of each swarm.
     #[arg(long, default_value_t = 8)]
     members: usize,
-    /// Rounds to train per split.
-    #[arg(long, default_value_t = 150)]
+    /// Rounds each swarm trains.
+    #[arg(long, default_value_t = 100)]
     rounds: u64,
-    /// Length of a round on the wall clock; every member must sample and train within it.
-    #[arg(long, default_value_t = 4)]
-    round_seconds: u32,
     #[command(flatten)]
     swarm: SwarmArgs,
-    /// I/J splits to compare, comma-separated.
+    /// I/J splits to compare, comma-separated; the one with J = 0 is the baseline.
     #[arg(long, value_delimiter = ',', default_value = "8/0,6/2,4/4,2/6")]
     splits: Vec<String>,
-    /// Output directory, one sub-directory per split.
+    /// Sharing policies to compare, comma-separated (each with every split that shares);
+    /// `--sharing` when not given.
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Seeds every arm runs with, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Worker threads the members of a swarm are spread over.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Distinct held-out questions per family in the evaluation before and after.
+    #[arg(long, default_value_t = 32)]
+    evaluation_questions: usize,
+    /// Output directory: experiment.json, reward.png.
     #[arg(long, default_value = "sapo-experiment")]
     out: PathBuf,
 }
@@ -217,28 +244,25 @@ fn run_member(args: MemberArgs, run: &RunArgs, telemetry: &Telemetry) -> ExitCod
     }
 }
 
-/// The swarm's shape: members, rounds and round length.
-struct Shape {
-    members: usize,
-    rounds: u64,
-    round_seconds: u32,
+fn family(name: &str) -> Result<TaskFamily, String> {
+    serde_json::from_value::<TaskFamily>(serde_json::Value::String(name.trim().to_owned()))
+        .map_err(|_| format!("unknown task family `{name}`"))
 }
 
-fn swarm(
-    shape: Shape,
-    args: &SwarmArgs,
-    out: PathBuf,
-    progress: bool,
-) -> Result<LocalSwarm, String> {
-    let tasks = args
-        .tasks
-        .iter()
-        .map(|name| {
-            serde_json::from_value::<TaskFamily>(serde_json::Value::String(name.clone()))
-                .map(|family| TaskWeight { family, weight: 1 })
-                .map_err(|_| format!("unknown task family `{name}`"))
+fn policy(name: &str) -> Result<SharingPolicy, String> {
+    serde_json::from_value::<SharingPolicy>(serde_json::Value::String(name.trim().to_owned()))
+        .map_err(|_| {
+            format!("unknown sharing policy `{name}` (plain, positive, importance, shaping)")
         })
-        .collect::<Result<Vec<_>, _>>()?;
+}
+
+/// The training settings `args` describe, on the local swarm's defaults.
+fn training(args: &SwarmArgs) -> Result<TrainingConfig, String> {
+    let weights = |names: &mut dyn Iterator<Item = &str>| {
+        names
+            .map(|name| family(name).map(|family| TaskWeight { family, weight: 1 }))
+            .collect::<Result<Vec<_>, _>>()
+    };
     if !(1..=5).contains(&args.difficulty) {
         return Err(format!("difficulty {} is outside 1..=5", args.difficulty));
     }
@@ -246,24 +270,30 @@ fn swarm(
         return Err("a group needs at least 2 completions".into());
     }
     let mut training = LocalSwarm::training_defaults();
+    match &args.task_groups {
+        Some(groups) => {
+            training.tasks = Vec::new();
+            training.task_groups = groups
+                .split(';')
+                .map(|group| {
+                    let tasks = weights(&mut group.split(','))?;
+                    Ok(TaskGroup { tasks })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+        }
+        None => training.tasks = weights(&mut args.tasks.iter().map(String::as_str))?,
+    }
     training.questions_per_round = args.questions;
     training.completions_per_question = args.group_size;
-    training.tasks = tasks;
     training.difficulty = args.difficulty;
     training.learning_rate = args.learning_rate;
     training.max_new_tokens = args.max_new_tokens;
-    training.seed = Some(args.seed);
-    Ok(LocalSwarm {
-        anvil: None,
-        members: shape.members,
-        rounds: shape.rounds,
-        round_seconds: shape.round_seconds,
-        training,
-        model: args.model.clone(),
-        checkpoint_every: args.checkpoint_every,
-        out,
-        progress,
-    })
+    training.sharing = SharingConfig {
+        policy: policy(&args.sharing)?,
+        importance_cap: args.importance_cap,
+        shaping_gamma: args.shaping_gamma,
+    };
+    Ok(training)
 }
 
 fn current_exe() -> Result<PathBuf, ExitCode> {
@@ -279,21 +309,27 @@ fn bad_input(message: &str) -> ExitCode {
 }
 
 fn run_local(args: LocalArgs) -> ExitCode {
-    let shape = Shape {
-        members: args.members,
-        rounds: args.rounds,
-        round_seconds: args.round_seconds,
-    };
-    let mut swarm = match swarm(shape, &args.swarm, args.out, true) {
-        Ok(swarm) => swarm,
+    let mut training = match training(&args.swarm) {
+        Ok(training) => training,
         Err(message) => return bad_input(&message),
     };
     if args.local + args.external == 0 {
         return bad_input("--local plus --external must be at least 1");
     }
-    swarm.training.local_rollouts = args.local;
-    swarm.training.external_rollouts = args.external;
-    swarm.anvil = args.anvil.filter(|_| !args.no_ledger);
+    training.local_rollouts = args.local;
+    training.external_rollouts = args.external;
+    training.seed = Some(args.seed);
+    let swarm = LocalSwarm {
+        anvil: args.anvil.filter(|_| !args.no_ledger),
+        members: args.members,
+        rounds: args.rounds,
+        round_seconds: args.round_seconds,
+        training,
+        model: args.swarm.model.clone(),
+        checkpoint_every: args.checkpoint_every,
+        out: args.out,
+        progress: true,
+    };
     let binary = match current_exe() {
         Ok(binary) => binary,
         Err(code) => return code,
@@ -304,13 +340,14 @@ fn run_local(args: LocalArgs) -> ExitCode {
         "no ledger"
     };
     println!(
-        "local swarm: {} members, {} rounds of {} s, I/J/G = {}/{}/{}, {ledger}, output in {}",
+        "local swarm: {} members, {} rounds of {} s, I/J/G = {}/{}/{}, sharing {}, {ledger}, output in {}",
         swarm.members,
         swarm.rounds,
         swarm.round_seconds,
         args.local,
         args.external,
         swarm.training.completions_per_question,
+        experiment::policy_name(swarm.training.sharing.policy),
         swarm.out.display()
     );
     match local::run(&swarm, &binary) {
@@ -346,13 +383,8 @@ fn parse_split(text: &str) -> Result<(u32, u32), String> {
 }
 
 fn run_experiment(args: ExperimentArgs) -> ExitCode {
-    let shape = Shape {
-        members: args.members,
-        rounds: args.rounds,
-        round_seconds: args.round_seconds,
-    };
-    let base = match swarm(shape, &args.swarm, args.out, false) {
-        Ok(swarm) => swarm,
+    let training = match training(&args.swarm) {
+        Ok(training) => training,
         Err(message) => return bad_input(&message),
     };
     let splits = match args
@@ -364,28 +396,55 @@ fn run_experiment(args: ExperimentArgs) -> ExitCode {
         Ok(splits) => splits,
         Err(message) => return bad_input(&message),
     };
-    let binary = match current_exe() {
-        Ok(binary) => binary,
-        Err(code) => return code,
+    let policies = if args.policies.is_empty() {
+        Ok(vec![training.sharing.policy])
+    } else {
+        args.policies.iter().map(|p| policy(p)).collect()
     };
-    match experiment::run(&base, &splits, &binary) {
-        Ok(arms) => {
+    let policies = match policies {
+        Ok(policies) => policies,
+        Err(message) => return bad_input(&message),
+    };
+    let model = match &args.swarm.model {
+        Some(model) => model.clone(),
+        None => match local::write_base_model(&args.out.join("model")) {
+            Ok(dir) => dir,
+            Err(err) => return bad_input(&err.to_string()),
+        },
+    };
+    let experiment = Experiment {
+        members: args.members,
+        rounds: args.rounds,
+        seeds: args.seeds,
+        splits,
+        policies,
+        training,
+        model,
+        evaluation_questions: args.evaluation_questions,
+        threads: args.threads,
+        out: args.out,
+    };
+    // Members train in lockstep threads; each op on one core is fastest for models this small.
+    tch::set_num_threads(1);
+    let arms = experiment.arms();
+    println!(
+        "SAPO experiment: {} arms x {} seeds, {} members x {} rounds, {} questions x {} completions, \
+         tasks {}, output in {}",
+        arms.len(),
+        experiment.seeds.len(),
+        experiment.members,
+        experiment.rounds,
+        experiment.training.questions_per_round,
+        experiment.training.completions_per_question,
+        describe_tasks(&experiment.training),
+        experiment.out.display()
+    );
+    match experiment::run(&experiment) {
+        Ok(results) => {
+            print!("\n{}", experiment::table(&experiment::summarise(&results)));
             println!(
-                "\n{} members, {} rounds of {} s, {} questions x {} completions per member and round, \
-                 tasks {}, difficulty {}, seed {}\n",
-                base.members,
-                base.rounds,
-                base.round_seconds,
-                base.training.questions_per_round,
-                base.training.completions_per_question,
-                args.swarm.tasks.join(","),
-                base.training.difficulty,
-                args.swarm.seed
-            );
-            print!("{}", experiment::table(&arms));
-            println!(
-                "results: {0}/experiment.csv, chart: {0}/cumulative-reward.png",
-                base.out.display()
+                "results: {0}/experiment.json, chart: {0}/reward.png",
+                experiment.out.display()
             );
             ExitCode::SUCCESS
         }
@@ -393,5 +452,26 @@ fn run_experiment(args: ExperimentArgs) -> ExitCode {
             eprintln!("swarm-node: {err}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// `basic_arithmetic` or `basic_arithmetic; fraction_simplification` (groups).
+fn describe_tasks(training: &TrainingConfig) -> String {
+    let names = |tasks: &[TaskWeight]| {
+        tasks
+            .iter()
+            .map(|t| experiment::family_name(t.family))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if training.task_groups.is_empty() {
+        names(&training.tasks)
+    } else {
+        training
+            .task_groups
+            .iter()
+            .map(|g| names(&g.tasks))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }

@@ -64,6 +64,10 @@ pub struct RoundReport {
     /// Groups trained on; equal rewards are dropped, so these may be fewer than I and J.
     pub trained_local: usize,
     pub trained_external: usize,
+    /// Peers' completions that entered the loss under the sharing policy (e.g. only those with a
+    /// positive advantage under `positive`).
+    #[serde(default)]
+    pub external_completions_trained: usize,
     /// The GRPO step's loss; `None` when no group carried signal and no step was taken.
     pub loss: Option<f64>,
     pub sample_seconds: f64,

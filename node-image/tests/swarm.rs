@@ -19,7 +19,7 @@ use swarm_node::local::free_port;
 use swarm_node::report::{NodeEvent, RoundReport, Started};
 use swarm_node_config::{
     CONFIG_VERSION, CheckpointConfig, Dtype, LedgerConfig, ModelConfig, NodeConfig, P2pConfig,
-    RoundsConfig, SwarmRef, TaskFamily, TaskWeight, TrainingConfig,
+    RoundsConfig, SharingPolicy, SwarmRef, TaskFamily, TaskWeight, TrainingConfig,
 };
 
 const ROUND_SECONDS: u32 = 3;
@@ -341,6 +341,58 @@ fn members_exchange_rollouts_and_train_on_them() {
     }
 }
 
+/// Under every sharing policy, members train on their peers' groups: under `importance` that
+/// needs the log-probabilities the senders ship, so trained peer completions show they arrived
+/// and passed the receivers' token-count check.
+#[test]
+fn every_sharing_policy_trains_on_peers_groups() {
+    let _lock = one_at_a_time();
+    for policy in [
+        SharingPolicy::Plain,
+        SharingPolicy::Positive,
+        SharingPolicy::Importance,
+        SharingPolicy::Shaping,
+    ] {
+        let swarm = Swarm::new(2, 4);
+        let mut nodes: Vec<Node> = (0..2)
+            .map(|i| {
+                let mut config = swarm.config(i);
+                config.training.sharing.policy = policy;
+                swarm.start_with(i, config)
+            })
+            .collect();
+        for node in &mut nodes {
+            node.wait_finished(swarm_timeout(4));
+            let rounds = &node.rounds;
+            assert!(
+                rounds
+                    .iter()
+                    .any(|r| r.trained_external > 0 && r.external_completions_trained > 0),
+                "{policy:?}: no peer's completion trained on: {rounds:?}"
+            );
+            for r in rounds {
+                // Each kept group holds at least one completion with a positive advantage, which
+                // the positive policy trains on; plain and shaping train them all. (Importance
+                // leaves out completions whose sender could not line up its log-probabilities.)
+                if policy != SharingPolicy::Importance {
+                    assert!(
+                        r.external_completions_trained >= r.trained_external,
+                        "{policy:?}: {r:?}"
+                    );
+                }
+                if matches!(policy, SharingPolicy::Plain | SharingPolicy::Shaping) {
+                    assert_eq!(
+                        r.external_completions_trained,
+                        r.trained_external * GROUP_SIZE as usize,
+                        "{policy:?}: {r:?}"
+                    );
+                }
+                assert!(r.messages_rejected.is_empty(), "{policy:?}: {r:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn peers_added_to_the_config_while_running_are_dialled() {
     let _lock = one_at_a_time();
@@ -640,6 +692,7 @@ mod rogue {
                 SharedCompletion {
                     text: "<answer>4</answer>".into(),
                     ended: true,
+                    logprobs: Vec::new(),
                 };
                 completions
             ],
