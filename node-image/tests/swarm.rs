@@ -722,9 +722,12 @@ mod rogue {
             Abuse::Garbage => {
                 let mut oversized = group(g);
                 oversized.completions[0].text = "9".repeat(270_000);
+                // The current version, then a sender length ('a' = 97) over the limit.
+                let mut overlong_sender = vec![swarm_p2p::SCHEMA_VERSION];
+                overlong_sender.extend_from_slice(b"garbage");
                 vec![
                     b"not a rollout message".to_vec(),
-                    b"\x01garbage".to_vec(),
+                    overlong_sender,
                     message(round, vec![oversized]),
                 ]
             }
