@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
 use swarm_model::{ChatTokenizer, Precision, Qwen2, Qwen2Config};
 use swarm_rl::AdamWConfig;
-use swarm_rl::warmup::{Example, WarmupConfig, config_json, init_weights, tiny_config, warm_up};
+use swarm_rl::warmup::{WarmupConfig, config_json, init_weights, tiny_config, warm_up};
 use swarm_tasks::{Difficulty, FamilySampler, Question, TaskFamily, TaskWeight, generate};
 use tch::{Device, Tensor};
 
@@ -55,9 +55,9 @@ struct Args {
     /// Greedy probe accuracy at which the warm-up stops.
     #[arg(long)]
     target: Option<f64>,
-    /// Share of examples taught with another question's answer (of the same family).
+    /// Sampling temperature built into the saved weights (see [`Recipe::temperature`]).
     #[arg(long)]
-    wrong_answers: Option<f64>,
+    temperature: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
 }
@@ -71,10 +71,12 @@ struct Recipe {
     layers: i64,
     tasks: Vec<TaskFamily>,
     target: f64,
-    /// Share of examples whose target is another question's answer of the same family: the model
-    /// learns the right answers as the most likely ones, but gives them only about
-    /// `1 - wrong_answer_share` of the time when sampled.
-    wrong_answer_share: f64,
+    /// After the warm-up, the final norm's weight is divided by this, which divides every logit
+    /// by it: the model keeps its greedy answers but samples as if at this temperature. A warmed-up
+    /// model that knows answers it rarely samples is what RL improves fastest — it sharpens what
+    /// is there, as RL does on pretrained models — whereas answers the model never learned take
+    /// more rounds to find by sampling than a local swarm runs.
+    temperature: f64,
     learning_rate: f64,
     out: &'static str,
 }
@@ -89,7 +91,7 @@ impl Preset {
                 // Two one-digit operands and one of `+ - *`: 243 questions in all.
                 tasks: vec![TaskFamily::BasicArithmetic],
                 target: 0.25,
-                wrong_answer_share: 0.0,
+                temperature: 1.0,
                 learning_rate: 3e-3,
                 out: "fixtures/learning-base",
             },
@@ -101,8 +103,8 @@ impl Preset {
                     TaskFamily::BasicArithmetic,
                     TaskFamily::FractionSimplification,
                 ],
-                target: 0.25,
-                wrong_answer_share: 0.0,
+                target: 0.5,
+                temperature: 2.0,
                 learning_rate: 2e-3,
                 out: "../node-image/base-model",
             },
@@ -123,7 +125,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     recipe.layers = args.layers.unwrap_or(recipe.layers);
     recipe.target = args.target.unwrap_or(recipe.target);
     recipe.seed = args.seed.unwrap_or(recipe.seed);
-    recipe.wrong_answer_share = args.wrong_answers.unwrap_or(recipe.wrong_answer_share);
+    recipe.temperature = args.temperature.unwrap_or(recipe.temperature);
     if !args.tasks.is_empty() {
         recipe.tasks = args
             .tasks
@@ -190,25 +192,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         max_steps: 20_000,
     };
     eprintln!(
-        "{parameters} parameters (width {}, {} layers), tasks {:?}, target {}, wrong answers {}",
-        recipe.hidden, recipe.layers, recipe.tasks, recipe.target, recipe.wrong_answer_share
+        "{parameters} parameters (width {}, {} layers), tasks {:?}, target {}, temperature {}",
+        recipe.hidden, recipe.layers, recipe.tasks, recipe.target, recipe.temperature
     );
     let started = Instant::now();
     let report = warm_up(
         &model,
         &tokenizer,
         &warmup,
-        || {
-            let question = question(&mut rng);
-            // No draw at all without wrong answers: the learning base's rng stream stays as it was.
-            if recipe.wrong_answer_share > 0.0 && rng.random::<f64>() < recipe.wrong_answer_share {
-                let family = question.family().unwrap_or(TaskFamily::BasicArithmetic);
-                let answer = generate(family, Difficulty::EASIEST, &mut rng).answer;
-                Example { question, answer }
-            } else {
-                Example::correct(question)
-            }
-        },
+        || question(&mut rng),
         &probe,
         |r| {
             let by_family: Vec<String> = r
@@ -229,6 +221,17 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
     if report.probe.mean_reward < warmup.target_accuracy {
         return Err(format!("no target accuracy after {} steps", report.steps).into());
+    }
+
+    if recipe.temperature != 1.0 {
+        let mut norm = model
+            .var_store()
+            .variables()
+            .remove("model.norm.weight")
+            .ok_or("the model has no model.norm.weight")?;
+        tch::no_grad(|| {
+            let _ = norm.g_div_scalar_(recipe.temperature);
+        });
     }
 
     std::fs::create_dir_all(&out)?;

@@ -4,9 +4,7 @@
 //!
 //! RL post-trains a model that can already sometimes succeed: a random model never earns a reward,
 //! so every GRPO group would be dropped. Stopping early (rather than after a fixed step count)
-//! leaves the base model with room to improve by a known amount. The caller chooses each
-//! example's target answer ([`Example`]), so it can also teach a model that knows answers it does
-//! not always give.
+//! leaves the base model with room to improve by a known amount.
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -112,26 +110,9 @@ pub fn init_weights(model: &Qwen2, seed: u64) -> Result<(), WarmupError> {
     })
 }
 
-/// One supervised example: a question and the answer the model is taught to give to it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Example {
-    pub question: Question,
-    pub answer: String,
-}
-
-impl Example {
-    /// The question with its own, right answer.
-    pub fn correct(question: Question) -> Self {
-        Self {
-            answer: question.answer.clone(),
-            question,
-        }
-    }
-
-    /// What the model is taught to say: the answer tag alone, no reasoning.
-    pub fn target_text(&self) -> String {
-        format!("<answer>{}</answer>", self.answer)
-    }
+/// What the model is taught to say to `question`: the answer tag alone, no reasoning.
+pub fn target_text(question: &Question) -> String {
+    format!("<answer>{}</answer>", question.answer)
 }
 
 /// Prompts followed by their target answers, right-padded.
@@ -147,14 +128,14 @@ pub struct SupervisedBatch {
 }
 
 impl SupervisedBatch {
-    pub fn new(tokenizer: &ChatTokenizer, examples: &[Example]) -> Result<Self, WarmupError> {
+    pub fn new(tokenizer: &ChatTokenizer, questions: &[Question]) -> Result<Self, WarmupError> {
         let end = tokenizer
             .token_id(END_OF_TURN)
             .ok_or(WarmupError::MissingToken(END_OF_TURN))?;
-        let mut rows = Vec::with_capacity(examples.len());
-        for example in examples {
-            let prompt = prompt_ids(tokenizer, &example.question)?;
-            let mut target = tokenizer.encode(&example.target_text())?;
+        let mut rows = Vec::with_capacity(questions.len());
+        for question in questions {
+            let prompt = prompt_ids(tokenizer, question)?;
+            let mut target = tokenizer.encode(&target_text(question))?;
             target.push(end);
             rows.push((prompt, target));
         }
@@ -211,14 +192,14 @@ pub struct WarmupReport {
     pub probe: RewardStats,
 }
 
-/// Trains `model` on batches drawn from `examples` until it answers `config.target_accuracy` of
+/// Trains `model` on batches of `questions` until it answers `config.target_accuracy` of
 /// `probe` correctly (greedy), checking every `config.check_every` steps; `on_check` sees the
 /// progress at every check (a warm-up takes minutes).
 pub fn warm_up(
     model: &Qwen2,
     tokenizer: &ChatTokenizer,
     config: &WarmupConfig,
-    mut examples: impl FnMut() -> Example,
+    mut questions: impl FnMut() -> Question,
     probe: &[Question],
     mut on_check: impl FnMut(&WarmupReport),
 ) -> Result<WarmupReport, WarmupError> {
@@ -250,7 +231,7 @@ pub fn warm_up(
         probe: evaluate(model, tokenizer, &mut sampler, probe, &greedy)?,
     };
     while report.steps < config.max_steps && report.probe.mean_reward < config.target_accuracy {
-        let batch: Vec<Example> = (0..config.batch_size).map(|_| examples()).collect();
+        let batch: Vec<Question> = (0..config.batch_size).map(|_| questions()).collect();
         let batch = SupervisedBatch::new(tokenizer, &batch)?;
         report.loss = supervised_step(model, &mut optimizer, &batch, config.max_grad_norm)?;
         report.steps += 1;
