@@ -236,11 +236,11 @@ impl LineChart {
 
 /// A tick label: whole numbers without decimals, others with as few as tell them apart.
 fn tick(value: f64) -> String {
-    if value.fract() == 0.0 {
-        format!("{value:.0}")
-    } else {
-        let text = format!("{value:.3}");
-        text.trim_end_matches('0').to_owned()
+    // Rounded first: plotters' tick values carry float error (0.9999999 must read "1").
+    let text = format!("{value:.3}");
+    match text.trim_end_matches('0').trim_end_matches('.') {
+        "-0" => "0".to_owned(),
+        trimmed => trimmed.to_owned(),
     }
 }
 
@@ -379,6 +379,9 @@ mod tests {
         assert_eq!(tick(0.25), "0.25");
         assert_eq!(tick(0.1), "0.1");
         assert_eq!(tick(-3.0), "-3");
+        assert_eq!(tick(0.999_999_9), "1");
+        assert_eq!(tick(100.0), "100");
+        assert_eq!(tick(-0.000_01), "0");
     }
 
     #[test]
