@@ -25,21 +25,19 @@ use crate::clock::RoundClock;
 use crate::local_chain::{ChainError, LocalChain, MemberTotals};
 use crate::report::{NodeEvent, RoundReport};
 
-/// The base model of local swarms: the tiny Qwen2 that `rl/examples/make-learning-base.rs` warms
-/// up from a fixed seed on the easiest basic-arithmetic questions until it solves about a quarter
-/// of them, so GRPO has something to improve. Embedded so the command needs no download.
+/// The base model of local swarms and experiments: the Qwen2 of 0.69 M parameters that
+/// `rl/examples/make-base.rs --preset swarm` warms up from a fixed seed on the easiest arithmetic
+/// and fraction questions; `base-model/README.md` says how and what it measures. Embedded so the
+/// command needs no download.
 const BASE_MODEL: [(&str, &[u8]); 3] = [
-    (
-        "config.json",
-        include_bytes!("../../rl/fixtures/learning-base/config.json"),
-    ),
+    ("config.json", include_bytes!("../base-model/config.json")),
     (
         "model.safetensors",
-        include_bytes!("../../rl/fixtures/learning-base/model.safetensors"),
+        include_bytes!("../base-model/model.safetensors"),
     ),
     (
         "tokenizer.json",
-        include_bytes!("../../rl/fixtures/learning-base/tokenizer.json"),
+        include_bytes!("../base-model/tokenizer.json"),
     ),
 ];
 
@@ -107,23 +105,26 @@ pub struct LocalSwarm {
 }
 
 impl LocalSwarm {
-    /// The settings the README's main command runs with: 4 members on the easiest arithmetic,
-    /// which the embedded model can learn on two CPU cores in a few minutes.
+    /// The settings the README's main command runs with: the easiest arithmetic and fraction
+    /// questions, which the embedded model learns visibly in 100 rounds on two CPU cores.
     pub fn training_defaults() -> TrainingConfig {
         TrainingConfig {
             questions_per_round: 8,
             local_rollouts: 4,
             external_rollouts: 4,
             completions_per_question: 8,
-            learning_rate: 2e-4,
+            learning_rate: 5e-4,
             max_new_tokens: 16,
             micro_batch_size: 64,
             seed: Some(1),
             difficulty: 1,
-            tasks: vec![TaskWeight {
-                family: TaskFamily::BasicArithmetic,
-                weight: 1,
-            }],
+            tasks: [
+                TaskFamily::BasicArithmetic,
+                TaskFamily::FractionSimplification,
+            ]
+            .into_iter()
+            .map(|family| TaskWeight { family, weight: 1 })
+            .collect(),
             ..TrainingConfig::default()
         }
     }

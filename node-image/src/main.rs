@@ -88,7 +88,11 @@ struct SwarmArgs {
     group_size: u32,
     /// Task families, comma-separated (basic_arithmetic, base_conversion, decimal_arithmetic,
     /// fraction_simplification, calendar_arithmetic, propositional_logic).
-    #[arg(long, value_delimiter = ',', default_value = "basic_arithmetic")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "basic_arithmetic,fraction_simplification"
+    )]
     tasks: Vec<String>,
     /// A heterogeneous swarm instead of --tasks: task groups separated by `;`, families within
     /// a group by `,` (e.g. `basic_arithmetic;fraction_simplification`); member k trains on group
@@ -99,7 +103,7 @@ struct SwarmArgs {
     #[arg(long, default_value_t = 1)]
     difficulty: u8,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 5e-4)]
     learning_rate: f64,
     /// Most tokens per completion.
     #[arg(long, default_value_t = 16)]
