@@ -148,7 +148,7 @@ pub fn split_messages(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use rand::SeedableRng;
@@ -229,7 +229,8 @@ mod tests {
         ));
     }
 
-    fn shared(text_len: usize) -> SharedGroup {
+    /// A group of two completions of `text_len` characters each, for tests of message sizes.
+    pub(crate) fn shared(text_len: usize) -> SharedGroup {
         SharedGroup {
             question: Question {
                 source: Source::Procedural(TaskFamily::BasicArithmetic),

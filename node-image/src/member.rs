@@ -589,29 +589,10 @@ fn winner(me: PeerId, own_reward: f64, by_author: &[(PeerId, f64, usize)]) -> St
 
 #[cfg(test)]
 mod tests {
-    use swarm_p2p::{RolloutMessage, SharedCompletion};
-    use swarm_tasks::{Metadata, Question, Source, TaskFamily};
+    use swarm_p2p::RolloutMessage;
 
     use super::*;
-
-    fn shared(text_len: usize) -> SharedGroup {
-        SharedGroup {
-            question: Question {
-                source: Source::Procedural(TaskFamily::BasicArithmetic),
-                prompt: "Calculate 1 + 1.".into(),
-                answer: "2".into(),
-                metadata: Metadata::new(),
-            },
-            completions: vec![
-                SharedCompletion {
-                    text: "x".repeat(text_len),
-                    ended: true,
-                    logprobs: Vec::new(),
-                };
-                2
-            ],
-        }
-    }
+    use crate::exchange::tests::shared;
 
     #[test]
     fn inbox_hands_out_a_round_once_and_drops_late_arrivals() {
