@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+pub mod limits;
+
 use serde::{Deserialize, Serialize};
 
 /// File name of the rendered configuration inside the ConfigMap and its mount.
@@ -402,59 +404,167 @@ impl NodeConfig {
     /// The invariants the Swarm API enforces at admission, checked again because a node may be
     /// started by hand with a file no API server has seen.
     fn check(&self) -> Result<(), String> {
-        let training = &self.training;
-        if training.completions_per_question < 2 {
-            return Err("training.completionsPerQuestion must be at least 2".into());
-        }
-        if training.local_rollouts + training.external_rollouts == 0 {
-            return Err(
-                "training.localRollouts + training.externalRollouts must be at least 1".into(),
-            );
-        }
-        if training.learning_rate.is_nan() || training.learning_rate <= 0.0 {
-            return Err("training.learningRate must be greater than 0".into());
-        }
-        for (name, value) in [
-            ("clipEpsilonLow", training.clip_epsilon_low),
-            ("clipEpsilonHigh", training.clip_epsilon_high),
-        ] {
-            if value.is_nan() || value <= 0.0 || value >= 1.0 {
-                return Err(format!(
-                    "training.{name} must be between 0 and 1 (exclusive)"
-                ));
-            }
-        }
+        self.training.check()?;
         if self.model.path.is_none() && self.model.hub_id.is_none() {
             return Err("model needs a path or a hubId".into());
-        }
-        if !(1..=5).contains(&training.difficulty) {
-            return Err("training.difficulty must be between 1 and 5".into());
-        }
-        if training.micro_batch_size == 0 {
-            return Err("training.microBatchSize must be at least 1".into());
-        }
-        if !training.task_groups.is_empty() && !training.tasks.is_empty() {
-            return Err("training.taskGroups replaces training.tasks: set one of them".into());
-        }
-        if training
-            .task_groups
-            .iter()
-            .any(|group| group.tasks.is_empty())
-        {
-            return Err("every training.taskGroups entry needs at least one task".into());
-        }
-        let sharing = &training.sharing;
-        if !(sharing.importance_cap.is_finite() && sharing.importance_cap > 0.0) {
-            return Err("training.sharing.importanceCap must be greater than 0".into());
-        }
-        if !(sharing.shaping_gamma.is_finite() && sharing.shaping_gamma > 0.0) {
-            return Err("training.sharing.shapingGamma must be greater than 0".into());
         }
         if self.rounds.duration_seconds == 0 {
             return Err("rounds.durationSeconds must be at least 1".into());
         }
         Ok(())
     }
+}
+
+impl TrainingConfig {
+    /// The rules the Swarm API's admission applies to `spec.training`, with the same bounds
+    /// ([`limits`]); the operator's tests hold the two to agreeing case by case.
+    pub fn check(&self) -> Result<(), String> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            field: &str,
+            value: T,
+            low: T,
+            high: T,
+        ) -> Result<(), String> {
+            if low <= value && value <= high {
+                Ok(())
+            } else {
+                Err(format!(
+                    "training.{field} must be between {low} and {high}, not {value}"
+                ))
+            }
+        }
+        fn positive(field: &str, value: f64, high: f64) -> Result<(), String> {
+            if value > 0.0 && value <= high {
+                Ok(())
+            } else {
+                Err(format!(
+                    "training.{field} must be greater than 0 and at most {high}, not {value}"
+                ))
+            }
+        }
+        let questions = self.questions_per_round;
+        let group = self.completions_per_question;
+        let tokens = self.max_new_tokens;
+        within(
+            "questionsPerRound",
+            questions,
+            1,
+            limits::QUESTIONS_PER_ROUND,
+        )?;
+        within(
+            "completionsPerQuestion",
+            group,
+            2,
+            limits::COMPLETIONS_PER_QUESTION,
+        )?;
+        within("maxNewTokens", tokens, 1, limits::NEW_TOKENS)?;
+        if group * tokens > limits::GROUP_TOKENS {
+            return Err(format!(
+                "training.completionsPerQuestion × maxNewTokens must be at most {} tokens: one question's completions must fit one rollout message",
+                limits::GROUP_TOKENS
+            ));
+        }
+        if questions * group * tokens > limits::ROUND_TOKENS {
+            return Err(format!(
+                "training.questionsPerRound × completionsPerQuestion × maxNewTokens must be at most {} tokens: a round's completions must fit the messages a member may send",
+                limits::ROUND_TOKENS
+            ));
+        }
+        if self.local_rollouts + self.external_rollouts == 0 {
+            return Err(
+                "training.localRollouts + training.externalRollouts must be at least 1".into(),
+            );
+        }
+        if self.local_rollouts > questions {
+            return Err("training.localRollouts must be at most training.questionsPerRound".into());
+        }
+        within(
+            "externalRollouts",
+            self.external_rollouts,
+            0,
+            limits::EXTERNAL_ROLLOUTS,
+        )?;
+        within(
+            "microBatchSize",
+            self.micro_batch_size,
+            1,
+            limits::MICRO_BATCH_SIZE,
+        )?;
+        within(
+            "difficulty",
+            self.difficulty,
+            limits::DIFFICULTY.0,
+            limits::DIFFICULTY.1,
+        )?;
+        positive("learningRate", self.learning_rate, limits::LEARNING_RATE)?;
+        positive("temperature", self.temperature, limits::TEMPERATURE)?;
+        within("klBeta", self.kl_beta, 0.0, limits::KL_BETA)?;
+        for (name, value) in [
+            ("clipEpsilonLow", self.clip_epsilon_low),
+            ("clipEpsilonHigh", self.clip_epsilon_high),
+        ] {
+            if !(value > 0.0 && value < 1.0) {
+                return Err(format!(
+                    "training.{name} must be between 0 and 1 (exclusive)"
+                ));
+            }
+        }
+        let sharing = &self.sharing;
+        positive(
+            "sharing.importanceCap",
+            sharing.importance_cap,
+            limits::IMPORTANCE_CAP,
+        )?;
+        positive(
+            "sharing.shapingGamma",
+            sharing.shaping_gamma,
+            limits::SHAPING_GAMMA,
+        )?;
+        check_task_mix("tasks", &self.tasks)?;
+        for group in &self.task_groups {
+            if group.tasks.is_empty() {
+                return Err("every training.taskGroups entry needs at least one task".into());
+            }
+            check_task_mix("taskGroups[].tasks", &group.tasks)?;
+        }
+        let sources = [
+            !self.tasks.is_empty(),
+            !self.task_groups.is_empty(),
+            self.dataset.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() > 1 {
+            return Err(
+                "training.tasks, training.taskGroups and training.dataset are sources of questions: set one of them"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A task mix is empty (all families) or gives each family it names one weight, some positive.
+fn check_task_mix(field: &str, tasks: &[TaskWeight]) -> Result<(), String> {
+    if let Some(task) = tasks.iter().find(|t| t.weight > limits::TASK_WEIGHT) {
+        return Err(format!(
+            "training.{field}: the weight of {:?} must be at most {}",
+            task.family,
+            limits::TASK_WEIGHT
+        ));
+    }
+    if !tasks.is_empty() && tasks.iter().all(|t| t.weight == 0) {
+        return Err(format!(
+            "training.{field} weights are all 0: give at least one family a positive weight"
+        ));
+    }
+    for (index, task) in tasks.iter().enumerate() {
+        if tasks[..index].iter().any(|t| t.family == task.family) {
+            return Err(format!(
+                "training.{field} lists {:?} more than once",
+                task.family
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! never trusted: its completions are re-tokenized and re-scored with this node's verifiers.
 
 use swarm_model::ChatTokenizer;
-use swarm_p2p::{PeerId, RolloutMessage, SharedCompletion, SharedGroup};
+use swarm_p2p::{Limits, PeerId, RolloutMessage, SharedCompletion, SharedGroup};
 use swarm_rl::{Group, RoundError, Sampled, prompt_ids};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,46 +103,63 @@ pub fn adopt(
     Ok(Group::score(shared.question.clone(), prompt, completions))
 }
 
-/// Packs groups into as few messages as keep each encoding within `limit` bytes; a single group
-/// too large for any message is left out (peers would reject it).
+/// Packs groups into as few messages as keep each within `limits` (bytes and groups per message),
+/// at most `limits`' messages per round. A group its peers would reject on its own (a completion
+/// over the size limits) is left out, as are groups beyond the round's last message: peers would
+/// score this member down for either.
 pub fn split_messages(
     round: u64,
     sender: PeerId,
     groups: Vec<SharedGroup>,
-    limit: usize,
+    limits: &Limits,
+    max_messages: usize,
 ) -> Vec<RolloutMessage> {
-    let mut messages = Vec::new();
-    let mut current = RolloutMessage {
+    let message = |groups| RolloutMessage {
         round,
         sender,
-        groups: Vec::new(),
+        groups,
     };
+    // Every limit below a message's holds for a group whatever message carries it, so the
+    // receiver's own decoding judges each group once; only the message's size and group count
+    // depend on the packing.
+    let accepted_alone =
+        |message: &RolloutMessage| swarm_p2p::decode(&swarm_p2p::encode(message), limits).is_ok();
+    let fits = |message: &RolloutMessage| {
+        message.groups.len() <= limits.max_groups
+            && swarm_p2p::encode(message).len() <= limits.max_message_bytes
+    };
+    let mut messages = Vec::new();
+    let mut current = message(Vec::new());
+    let mut left_out = 0usize;
     for group in groups {
-        current.groups.push(group);
-        if swarm_p2p::encode(&current).len() <= limit {
+        let alone = message(vec![group]);
+        if !accepted_alone(&alone) {
+            left_out += 1;
             continue;
         }
-        let group = current.groups.pop();
-        if !current.groups.is_empty() {
-            messages.push(std::mem::replace(
-                &mut current,
-                RolloutMessage {
-                    round,
-                    sender,
-                    groups: Vec::new(),
-                },
-            ));
+        let [group] = <[SharedGroup; 1]>::try_from(alone.groups).expect("one group");
+        current.groups.push(group);
+        if fits(&current) {
+            continue;
         }
-        if let Some(group) = group {
-            current.groups.push(group);
-            if swarm_p2p::encode(&current).len() > limit {
-                tracing::warn!(round, "leaving out a question group too large to share");
-                current.groups.clear();
-            }
-        }
+        let group = current.groups.pop().expect("the group just pushed");
+        messages.push(std::mem::replace(&mut current, message(vec![group])));
     }
     if !current.groups.is_empty() {
         messages.push(current);
+    }
+    if messages.len() > max_messages {
+        left_out += messages
+            .drain(max_messages..)
+            .map(|m| m.groups.len())
+            .sum::<usize>();
+    }
+    if left_out > 0 {
+        tracing::warn!(
+            round,
+            left_out,
+            "leaving out question groups that exceed the swarm's message limits"
+        );
     }
     messages
 }
@@ -259,14 +276,79 @@ pub(crate) mod tests {
             groups: vec![shared(1000)],
         })
         .len();
-        let messages = split_messages(7, sender, groups, one * 3);
+        let limits = Limits {
+            max_message_bytes: one * 3,
+            ..Limits::default()
+        };
+        let messages = split_messages(7, sender, groups, &limits, 8);
         assert!(messages.len() >= 4, "{} messages", messages.len());
         assert_eq!(messages.iter().map(|m| m.groups.len()).sum::<usize>(), 10);
         for message in &messages {
             assert!(swarm_p2p::encode(message).len() <= one * 3);
             assert_eq!((message.round, message.sender), (7, sender));
+            swarm_p2p::decode(&swarm_p2p::encode(message), &limits).expect("accepted");
         }
-        let too_big = split_messages(7, sender, vec![shared(5000)], one);
+        let tight = Limits {
+            max_message_bytes: one,
+            ..Limits::default()
+        };
+        let too_big = split_messages(7, sender, vec![shared(5000)], &tight, 8);
         assert!(too_big.is_empty());
+    }
+
+    #[test]
+    fn splitting_keeps_to_the_group_count_and_leaves_out_what_peers_reject() {
+        let sender = PeerId::random();
+        let limits = Limits {
+            max_groups: 3,
+            max_completion_bytes: 100,
+            ..Limits::default()
+        };
+        let mut groups: Vec<SharedGroup> = (0..7).map(|_| shared(10)).collect();
+        groups.insert(2, shared(101));
+        let messages = split_messages(7, sender, groups, &limits, 8);
+        assert_eq!(
+            messages.iter().map(|m| m.groups.len()).collect::<Vec<_>>(),
+            [3, 3, 1]
+        );
+        for message in &messages {
+            swarm_p2p::decode(&swarm_p2p::encode(message), &limits).expect("accepted");
+        }
+        let capped = split_messages(7, sender, vec![shared(10); 7], &limits, 2);
+        assert_eq!(capped.len(), 2);
+        assert_eq!(capped.iter().map(|m| m.groups.len()).sum::<usize>(), 6);
+    }
+
+    #[test]
+    fn a_round_at_the_admission_bounds_fits_its_messages() {
+        use swarm_node_config::limits;
+        // The largest round admission lets through: every completion of maxNewTokens tokens
+        // at four bytes of text each, with its log-probabilities.
+        let group = limits::GROUP_TOKENS / limits::NEW_TOKENS;
+        let questions = limits::ROUND_TOKENS / (group * limits::NEW_TOKENS);
+        let completion = SharedCompletion {
+            text: "abcd".repeat(limits::NEW_TOKENS as usize - 1),
+            ended: true,
+            logprobs: vec![-0.5; limits::NEW_TOKENS as usize],
+        };
+        let groups: Vec<SharedGroup> = (0..questions)
+            .map(|_| SharedGroup {
+                completions: vec![completion.clone(); group as usize],
+                ..shared(1)
+            })
+            .collect();
+        let limits_default = Limits::default();
+        let messages = split_messages(
+            7,
+            PeerId::random(),
+            groups,
+            &limits_default,
+            limits::MESSAGES_PER_PEER_PER_ROUND as usize,
+        );
+        assert_eq!(
+            messages.iter().map(|m| m.groups.len()).sum::<usize>(),
+            questions as usize,
+            "every group was sent"
+        );
     }
 }

@@ -174,7 +174,15 @@ impl Experiment {
         if self.threads == 0 {
             return invalid("at least one worker thread");
         }
-        Ok(())
+        let questions = self.training.questions_per_round;
+        if self.splits.iter().any(|(local, _)| *local > questions) {
+            return invalid("a split's I is larger than the questions per round");
+        }
+        // The rest of the settings must be what a Swarm would admit; each arm sets I and J.
+        let mut training = self.training.clone();
+        training.local_rollouts = 0;
+        training.external_rollouts = 1;
+        training.check().map_err(ExperimentError::Invalid)
     }
 }
 
@@ -483,7 +491,13 @@ fn exchange(
     let mut received = Vec::new();
     for (participant, groups) in participants.iter().zip(local) {
         let shared = participant.learner.share(groups);
-        for message in split_messages(round, participant.peer, shared, limits.max_message_bytes) {
+        for message in split_messages(
+            round,
+            participant.peer,
+            shared,
+            &limits,
+            swarm_node_config::limits::MESSAGES_PER_PEER_PER_ROUND as usize,
+        ) {
             let arrived = swarm_p2p::decode(&swarm_p2p::encode(&message), &limits)
                 .and_then(|message| {
                     swarm_p2p::validate(&message, &participant.peer, &expect)?;

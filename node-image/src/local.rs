@@ -140,7 +140,7 @@ impl LocalSwarm {
                 "rounds and round seconds must be at least 1".into(),
             ));
         }
-        Ok(())
+        self.training.check().map_err(LocalError::Invalid)
     }
 }
 

@@ -45,9 +45,6 @@ const GATHER_POLL: Duration = Duration::from_millis(20);
 /// Rounds behind the current one whose messages are still accepted: a peer that finished late
 /// still contributes to the next round's pool.
 const ROUND_WINDOW: u64 = 1;
-/// Messages one peer may send per round: a round's rollouts are split into several messages when
-/// they exceed the size limit.
-const MESSAGES_PER_PEER_PER_ROUND: u32 = 8;
 /// How long a member that is done waits for its last rounds to be recorded on the ledger.
 const LEDGER_DRAIN: Duration = Duration::from_secs(30);
 
@@ -249,7 +246,6 @@ fn network_config(
         listen,
         bootstrap,
         round_window: ROUND_WINDOW,
-        messages_per_peer_per_round: MESSAGES_PER_PEER_PER_ROUND,
         ..NetworkConfig::new(
             startup.key.libp2p_keypair(),
             swarm_p2p::rollouts_topic(&startup.config.swarm.uid),
@@ -541,9 +537,14 @@ impl Member {
     /// reached a peer. Failing to publish is never fatal: the member trains alone meanwhile.
     fn publish(&self, round: u64, groups: &[Group]) -> bool {
         let shared = self.learner.share(groups);
-        let limit = Limits::default().max_message_bytes;
         let mut any = false;
-        for message in split_messages(round, self.peer_id, shared, limit) {
+        for message in split_messages(
+            round,
+            self.peer_id,
+            shared,
+            &Limits::default(),
+            swarm_node_config::limits::MESSAGES_PER_PEER_PER_ROUND as usize,
+        ) {
             match self
                 .runtime
                 .block_on(self.network.publish(swarm_p2p::encode(&message)))

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use libp2p::PeerId;
+use swarm_node_config::limits;
 use swarm_tasks::{Question, Source, TaskFamily};
 
 use crate::Rejection;
@@ -82,17 +83,18 @@ pub struct Limits {
     pub max_dataset_name_bytes: usize,
 }
 
+/// The swarm-wide bounds of [`swarm_node_config::limits`], which the Swarm API's admission also
+/// applies, so a member configured within them never sends what its peers reject.
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_message_bytes: 256 * 1024,
-            max_groups: 32,
-            max_completions: 64,
+            max_message_bytes: limits::MESSAGE_BYTES,
+            max_groups: limits::GROUPS_PER_MESSAGE as usize,
+            max_completions: limits::COMPLETIONS_PER_QUESTION as usize,
             max_prompt_bytes: 4096,
             max_answer_bytes: 1024,
-            max_completion_bytes: 8192,
-            // A token is at least one byte of the text, plus the end-of-sequence token.
-            max_completion_logprobs: 8193,
+            max_completion_bytes: limits::COMPLETION_BYTES,
+            max_completion_logprobs: limits::COMPLETION_LOGPROBS,
             max_metadata_entries: 16,
             max_metadata_key_bytes: 64,
             max_metadata_value_bytes: 1024,

@@ -61,6 +61,7 @@ pub struct NetworkConfig {
     /// How many rounds back a received message may be, see [`Expectations`].
     pub round_window: u64,
     pub limits: Limits,
+    /// Messages one author may send per round; the sender keeps to the same bound.
     pub messages_per_peer_per_round: u32,
     /// Accepted messages waiting for the application; more are dropped and counted.
     pub inbox_capacity: usize,
@@ -86,7 +87,7 @@ impl NetworkConfig {
             group_size,
             round_window: 2,
             limits: Limits::default(),
-            messages_per_peer_per_round: 2,
+            messages_per_peer_per_round: swarm_node_config::limits::MESSAGES_PER_PEER_PER_ROUND,
             inbox_capacity: 1024,
             redial: Backoff::default(),
             count_tokens: None,

@@ -355,9 +355,11 @@ async fn a_rogue_peer_is_rejected_scored_down_and_graylisted() {
         assert!(status.score(&rogue_id).unwrap() < 0.0, "{status:#?}");
     }
 
-    // A flood of valid messages: two per round are allowed, the rest rejected until the rogue is graylisted.
+    // A flood of valid messages: the swarm's limit per round is allowed, the rest rejected until
+    // the rogue is graylisted.
+    let allowed = swarm_node_config::limits::MESSAGES_PER_PEER_PER_ROUND as usize;
     let valid = encode(&valid_message(rogue_id, ROUND, 2, GROUP_SIZE));
-    for _ in 0..8 {
+    for _ in 0..allowed + 6 {
         publish(&rogue, valid.clone()).await;
     }
     for honest in [&alice, &bob] {
@@ -368,14 +370,14 @@ async fn a_rogue_peer_is_rejected_scored_down_and_graylisted() {
                     .is_some_and(|score| score < GRAYLIST)
         })
         .await;
-        assert_eq!(status.accepted, 2, "{status:#?}");
+        assert_eq!(status.accepted, allowed as u64, "{status:#?}");
     }
     assert_eq!(
-        authors(&receive(&mut alice_inbox, 2).await),
+        authors(&receive(&mut alice_inbox, allowed).await),
         BTreeSet::from([rogue_id])
     );
     assert_eq!(
-        authors(&receive(&mut bob_inbox, 2).await),
+        authors(&receive(&mut bob_inbox, allowed).await),
         BTreeSet::from([rogue_id])
     );
 
