@@ -95,6 +95,20 @@ impl Env {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// [`Env::run`], and panics too when the command printed a warning (the API server's warnings
+    /// reach kubectl's and helm's stderr as `Warning: ...`).
+    pub fn run_without_warnings(&self, program: &Path, args: &[&str]) -> String {
+        let output = self.try_run(program, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && !stderr.contains("Warning"),
+            "{} {}: {stderr}",
+            program.display(),
+            args.join(" ")
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub fn try_run(&self, program: &Path, args: &[&str]) -> Output {
         Command::new(program)
             .args(args)
@@ -116,21 +130,24 @@ impl Env {
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// The CRDs and cluster-wide objects, installed once per test binary by a cluster-scope release
-/// that runs no operator replica.
+/// that runs no operator replica; the install must print no warning.
 pub async fn ensure_crds(env: &Env) {
     CRDS.get_or_init(|| async {
-        env.helm(&[
-            "upgrade",
-            "--install",
-            "rl-swarm-crds",
-            &env.chart().to_string_lossy(),
-            "--namespace",
-            "rl-swarm-system",
-            "--create-namespace",
-            "--set",
-            "replicaCount=0",
-            "--wait",
-        ]);
+        env.run_without_warnings(
+            &env.helm,
+            &[
+                "upgrade",
+                "--install",
+                "rl-swarm-crds",
+                &env.chart().to_string_lossy(),
+                "--namespace",
+                "rl-swarm-system",
+                "--create-namespace",
+                "--set",
+                "replicaCount=0",
+                "--wait",
+            ],
+        );
     })
     .await;
 }

@@ -483,7 +483,7 @@ async fn invalid_swarms_are_rejected_by_the_api_server_with_their_rule_messages(
         (
             "G",
             serde_json::json!({"spec": {"training": {"completionsPerQuestion": 1}}}),
-            "completionsPerQuestion (G) must be at least 2",
+            "completionsPerQuestion (G) must be between 2 and 64",
         ),
         (
             "I+J",
@@ -540,6 +540,115 @@ async fn invalid_swarms_are_rejected_by_the_api_server_with_their_rule_messages(
             serde_json::json!({"spec": {"rounds": {"durationSeconds": 0}}}),
             "rounds.durationSeconds must be between 1 and 86400",
         ),
+        // Round sizes: each bound, and what peers would reject.
+        (
+            "no token budget",
+            serde_json::json!({"spec": {"training": {"maxNewTokens": 0}}}),
+            "maxNewTokens must be between 1 and 4096",
+        ),
+        (
+            "absurd token budget",
+            serde_json::json!({"spec": {"training": {"maxNewTokens": 1_000_000}}}),
+            "maxNewTokens must be between 1 and 4096",
+        ),
+        (
+            "a round without questions",
+            serde_json::json!({"spec": {"training": {"questionsPerRound": 0, "localRollouts": 0}}}),
+            "questionsPerRound must be between 1 and 256",
+        ),
+        (
+            "more questions than a round's messages carry",
+            serde_json::json!({"spec": {"training": {"questionsPerRound": 300, "maxNewTokens": 8}}}),
+            "questionsPerRound must be between 1 and 256",
+        ),
+        (
+            "G over what peers accept",
+            serde_json::json!({"spec": {"training": {"completionsPerQuestion": 65}}}),
+            "completionsPerQuestion (G) must be between 2 and 64",
+        ),
+        (
+            "a group over one message",
+            serde_json::json!({"spec": {"training": {"completionsPerQuestion": 16, "maxNewTokens": 4096}}}),
+            "must fit one rollout message",
+        ),
+        (
+            "a round over its messages",
+            serde_json::json!({"spec": {"training": {"questionsPerRound": 64, "completionsPerQuestion": 16, "maxNewTokens": 512}}}),
+            "a round's completions must fit the 8 messages",
+        ),
+        (
+            "more local groups than questions",
+            serde_json::json!({"spec": {"training": {"questionsPerRound": 4, "localRollouts": 5}}}),
+            "localRollouts (I) must be at most training.questionsPerRound",
+        ),
+        // Knob bounds.
+        (
+            "learning rate above 1",
+            serde_json::json!({"spec": {"training": {"learningRate": 3.0}}}),
+            "learningRate must be greater than 0 and at most 1",
+        ),
+        (
+            "temperature 0",
+            serde_json::json!({"spec": {"training": {"temperature": 0.0}}}),
+            "temperature must be greater than 0 and at most 10",
+        ),
+        (
+            "difficulty 9",
+            serde_json::json!({"spec": {"training": {"difficulty": 9}}}),
+            "difficulty must be between 1 and 5",
+        ),
+        // Task mixes and question sources.
+        (
+            "weights all 0",
+            serde_json::json!({"spec": {"training": {"tasks": [{"family": "basic_arithmetic", "weight": 0}]}}}),
+            "weights are all 0",
+        ),
+        (
+            "a family twice",
+            serde_json::json!({"spec": {"training": {"tasks": [{"family": "basic_arithmetic"}, {"family": "basic_arithmetic"}]}}}),
+            "lists a family more than once",
+        ),
+        (
+            "a dataset and tasks",
+            serde_json::json!({"spec": {"training": {"tasks": [{"family": "basic_arithmetic"}], "dataset": {"path": "q.jsonl"}}}}),
+            "training.tasks and training.dataset are two sources of questions",
+        ),
+        // Kubernetes syntax.
+        (
+            "malformed quantity",
+            serde_json::json!({"spec": {"member": {"resources": {"requests": {"cpu": "two"}}}}}),
+            "member.resources.requests values must be quantities",
+        ),
+        (
+            "empty storage size",
+            serde_json::json!({"spec": {"checkpoints": {"size": "0Gi"}}}),
+            "checkpoints.size must be a storage size greater than 0",
+        ),
+        (
+            "empty image",
+            serde_json::json!({"spec": {"member": {"image": ""}}}),
+            "member.image must be an image reference",
+        ),
+        (
+            "invalid environment variable name",
+            serde_json::json!({"spec": {"member": {"env": [{"name": "MY VAR", "value": "1"}]}}}),
+            "member.env names must be letters",
+        ),
+        (
+            "runtime class name",
+            serde_json::json!({"spec": {"member": {"runtimeClassName": "Nvidia_GPU"}}}),
+            "member.runtimeClassName must name a RuntimeClass",
+        ),
+        (
+            "malformed hub repo id",
+            serde_json::json!({"spec": {"model": {"source": {"hub": {"id": "not a repo id!"}}}}}),
+            "model.source.hub.id must be a hub repository id",
+        ),
+        (
+            "hub revision with a space",
+            serde_json::json!({"spec": {"model": {"source": {"hub": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main branch"}}}}}),
+            "model.source.hub.revision must be a branch, tag or commit",
+        ),
     ];
     for (what, patch, message) in &cases {
         let mut object = base.clone();
@@ -563,7 +672,7 @@ async fn invalid_swarms_are_rejected_by_the_api_server_with_their_rule_messages(
             other => panic!("{what}: expected a rejection, got {other:?}"),
         }
     }
-    assert!(cases.len() >= 10);
+    assert!(cases.len() >= 35);
 
     // Immutable fields, on a stored Swarm.
     let stored = swarms

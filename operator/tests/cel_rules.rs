@@ -1,6 +1,8 @@
 //! Every admission rule of the Swarm and SwarmMember CRDs, evaluated client-side with the same CEL the
 //! API server runs: each valid case passes, each invalid case fails with its own message.
 
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use swarm_node_config::{
     DatasetSource, Dtype, SharingPolicy, TaskFamily, TaskGroup, TaskWeight, TrainingConfig,
@@ -85,7 +87,9 @@ fn a_group_needs_two_completions() {
     s.spec.training.completions_per_question = 2;
     accepted(&s);
     s.spec.training.completions_per_question = 1;
-    rejected(&s, "completionsPerQuestion (G) must be at least 2");
+    rejected(&s, "completionsPerQuestion (G) must be between 2 and 64");
+    s.spec.training.completions_per_question = 65;
+    rejected(&s, "completionsPerQuestion (G) must be between 2 and 64");
 }
 
 #[test]
@@ -133,10 +137,12 @@ fn clip_bounds_lie_strictly_between_zero_and_one() {
 fn kl_weight_and_temperature_are_sane() {
     let mut s = swarm("demo");
     s.spec.training.kl_beta = -0.1;
-    rejected(&s, "klBeta must not be negative");
+    rejected(&s, "klBeta must be between 0 and 100");
     let mut s = swarm("demo");
     s.spec.training.temperature = 0.0;
-    rejected(&s, "temperature must be greater than 0");
+    rejected(&s, "temperature must be greater than 0 and at most 10");
+    s.spec.training.temperature = 11.0;
+    rejected(&s, "temperature must be greater than 0 and at most 10");
 }
 
 #[test]
@@ -238,6 +244,320 @@ fn ports_rounds_and_peers_are_checked() {
     let mut s = swarm("demo");
     s.spec.rounds.max_rounds = Some(0);
     rejected(&s, "rounds.maxRounds must be at least 1");
+}
+
+#[test]
+fn round_sizes_stay_within_what_peers_accept() {
+    let with = |questions, group, tokens| {
+        let mut s = swarm("demo");
+        s.spec.training.questions_per_round = questions;
+        s.spec.training.completions_per_question = group;
+        s.spec.training.max_new_tokens = tokens;
+        s.spec.training.local_rollouts = questions.min(4);
+        s
+    };
+    accepted(&with(1, 2, 1));
+    accepted(&with(256, 2, 448));
+    accepted(&with(8, 64, 448));
+    accepted(&with(4, 7, 4096));
+    rejected(
+        &with(0, 8, 256),
+        "questionsPerRound must be between 1 and 256",
+    );
+    rejected(
+        &with(257, 2, 16),
+        "questionsPerRound must be between 1 and 256",
+    );
+    rejected(&with(8, 8, 0), "maxNewTokens must be between 1 and 4096");
+    rejected(
+        &with(8, 8, 100_000),
+        "maxNewTokens must be between 1 and 4096",
+    );
+    rejected(
+        &with(8, 8, 4096),
+        "completionsPerQuestion × training.maxNewTokens must be at most 28672 tokens",
+    );
+    rejected(
+        &with(64, 16, 512),
+        "questionsPerRound × completionsPerQuestion × maxNewTokens must be at most 229376 tokens",
+    );
+    let mut s = swarm("demo");
+    s.spec.training.local_rollouts = 9;
+    rejected(
+        &s,
+        "localRollouts (I) must be at most training.questionsPerRound",
+    );
+    let mut s = swarm("demo");
+    s.spec.training.external_rollouts = 1025;
+    rejected(&s, "externalRollouts must be between 0 and 1024");
+}
+
+/// A change to a Swarm's training settings.
+type Change = fn(&mut TrainingConfig);
+
+#[test]
+fn every_training_knob_has_bounds() {
+    let cases: [(Change, &str); 6] = [
+        (
+            |t| t.micro_batch_size = 0,
+            "microBatchSize must be between 1 and 4096",
+        ),
+        (|t| t.difficulty = 6, "difficulty must be between 1 and 5"),
+        (
+            |t| t.learning_rate = 2.0,
+            "learningRate must be greater than 0 and at most 1",
+        ),
+        (|t| t.kl_beta = 101.0, "klBeta must be between 0 and 100"),
+        (
+            |t| t.sharing.importance_cap = 1000.0,
+            "importanceCap must be greater than 0 and at most 100",
+        ),
+        (
+            |t| t.sharing.shaping_gamma = 20.0,
+            "shapingGamma must be greater than 0 and at most 10",
+        ),
+    ];
+    for (change, message) in cases {
+        let mut s = swarm("demo");
+        change(&mut s.spec.training);
+        rejected(&s, message);
+    }
+}
+
+#[test]
+fn a_task_mix_weighs_each_family_once_and_something_positively() {
+    let weight = |family, weight| TaskWeight { family, weight };
+    let mut s = swarm("demo");
+    s.spec.training.tasks = vec![
+        weight(TaskFamily::BasicArithmetic, 0),
+        weight(TaskFamily::BaseConversion, 3),
+    ];
+    accepted(&s);
+    s.spec.training.tasks[1].weight = 0;
+    rejected(&s, "training.tasks weights are all 0");
+    s.spec.training.tasks[1] = weight(TaskFamily::BasicArithmetic, 1);
+    rejected(&s, "training.tasks lists a family more than once");
+    s.spec.training.tasks = vec![weight(TaskFamily::BasicArithmetic, 1001)];
+    rejected(&s, "training.tasks weights must be at most 1000");
+    let mut s = swarm("demo");
+    s.spec.training.task_groups = vec![TaskGroup {
+        tasks: vec![weight(TaskFamily::BasicArithmetic, 0)],
+    }];
+    rejected(
+        &s,
+        "every training.taskGroups entry needs a family with a positive weight",
+    );
+    let mut s = swarm("demo");
+    s.spec.training.tasks = vec![weight(TaskFamily::BasicArithmetic, 1)];
+    s.spec.training.dataset = Some(DatasetSource {
+        path: "questions.jsonl".into(),
+    });
+    rejected(
+        &s,
+        "training.tasks and training.dataset are two sources of questions",
+    );
+}
+
+/// Admission (CEL, in the API server) and the node (`TrainingConfig::check`, on a file no API
+/// server may have seen) derive their rules from the same limits; they must agree on every case.
+#[test]
+fn admission_and_the_node_agree_on_training() {
+    let cases: Vec<(&str, Change)> = vec![
+        ("defaults", |_| {}),
+        ("no questions", |t| t.questions_per_round = 0),
+        ("most questions", |t| {
+            t.questions_per_round = 256;
+            t.max_new_tokens = 16;
+        }),
+        ("too many questions", |t| t.questions_per_round = 257),
+        ("G of one", |t| t.completions_per_question = 1),
+        ("largest G", |t| {
+            t.completions_per_question = 64;
+            t.max_new_tokens = 448;
+        }),
+        ("G over the limit", |t| t.completions_per_question = 65),
+        ("no tokens", |t| t.max_new_tokens = 0),
+        ("a group over one message", |t| {
+            t.completions_per_question = 16;
+            t.max_new_tokens = 2048;
+        }),
+        ("a group just within one message", |t| {
+            t.completions_per_question = 14;
+            t.max_new_tokens = 2048;
+        }),
+        ("a round over its messages", |t| {
+            t.questions_per_round = 64;
+            t.completions_per_question = 16;
+            t.max_new_tokens = 512;
+        }),
+        ("more local groups than questions", |t| t.local_rollouts = 9),
+        ("nothing to train on", |t| {
+            t.local_rollouts = 0;
+            t.external_rollouts = 0;
+        }),
+        ("no micro-batch", |t| t.micro_batch_size = 0),
+        ("difficulty 0", |t| t.difficulty = 0),
+        ("learning rate 0", |t| t.learning_rate = 0.0),
+        ("learning rate 1", |t| t.learning_rate = 1.0),
+        ("temperature 10", |t| t.temperature = 10.0),
+        ("temperature 10.5", |t| t.temperature = 10.5),
+        ("negative KL", |t| t.kl_beta = -1.0),
+        ("clip 1", |t| t.clip_epsilon_high = 1.0),
+        ("cap 0", |t| t.sharing.importance_cap = 0.0),
+        ("γ 10", |t| t.sharing.shaping_gamma = 10.0),
+        ("weights all 0", |t| {
+            t.tasks = vec![TaskWeight {
+                family: TaskFamily::BasicArithmetic,
+                weight: 0,
+            }]
+        }),
+        ("a family twice", |t| {
+            t.tasks = vec![
+                TaskWeight {
+                    family: TaskFamily::BasicArithmetic,
+                    weight: 1,
+                };
+                2
+            ]
+        }),
+        ("a dataset and tasks", |t| {
+            t.tasks = vec![TaskWeight {
+                family: TaskFamily::BasicArithmetic,
+                weight: 1,
+            }];
+            t.dataset = Some(DatasetSource {
+                path: "q.jsonl".into(),
+            });
+        }),
+    ];
+    for (what, change) in cases {
+        let mut s = swarm("demo");
+        change(&mut s.spec.training);
+        let admission = messages(s.validate_cel());
+        let node = s.spec.training.check();
+        assert_eq!(
+            admission.is_empty(),
+            node.is_ok(),
+            "{what}: admission says {admission:?}, the node says {node:?}"
+        );
+    }
+}
+
+#[test]
+fn names_images_quantities_and_env_are_checked() {
+    let mut s = swarm("demo");
+    s.spec.member.image = Some(String::new());
+    rejected(&s, "member.image must be an image reference");
+    s.spec.member.image = Some("registry.example.com/swarm node:1".into());
+    rejected(&s, "member.image must be an image reference");
+    s.spec.member.image = Some("registry.example.com/swarm-node:1".into());
+    accepted(&s);
+
+    let mut s = swarm("demo");
+    s.spec.member.resources.requests = Some(
+        [
+            ("cpu".to_owned(), Quantity("500m".into())),
+            ("memory".to_owned(), Quantity("4Gi".into())),
+            ("nvidia.com/gpu".to_owned(), Quantity("1".into())),
+            ("ephemeral-storage".to_owned(), Quantity("1.5e9".into())),
+        ]
+        .into(),
+    );
+    accepted(&s);
+    s.spec.member.resources.requests = Some([("cpu".to_owned(), Quantity("two".into()))].into());
+    rejected(&s, "member.resources.requests values must be quantities");
+    let mut s = swarm("demo");
+    s.spec.member.resources.limits = Some([("memory".to_owned(), Quantity("-1Gi".into()))].into());
+    rejected(&s, "member.resources.limits values must be quantities");
+
+    let mut s = swarm("demo");
+    s.spec.checkpoints = Some(CheckpointSpec {
+        storage_class_name: None,
+        size: Quantity("0Gi".into()),
+        every_rounds: 10,
+    });
+    rejected(&s, "checkpoints.size must be a storage size greater than 0");
+    s.spec.checkpoints.as_mut().unwrap().size = Quantity("10 GB".into());
+    rejected(&s, "checkpoints.size must be a storage size greater than 0");
+    s.spec.checkpoints.as_mut().unwrap().size = Quantity("0.5Gi".into());
+    accepted(&s);
+
+    let env = |name: &str| EnvVar {
+        name: name.into(),
+        value: Some("1".into()),
+        value_from: None,
+    };
+    let mut s = swarm("demo");
+    s.spec.member.env = Some(vec![env("RUST_LOG"), env("my.setting-2")]);
+    accepted(&s);
+    s.spec.member.env = Some(vec![env("1ST")]);
+    rejected(&s, "member.env names must be letters");
+    s.spec.member.env = Some(vec![env("MY VAR")]);
+    rejected(&s, "member.env names must be letters");
+
+    let mut s = swarm("demo");
+    s.spec.member.runtime_class_name = Some("Nvidia_GPU".into());
+    rejected(&s, "member.runtimeClassName must name a RuntimeClass");
+    let mut s = swarm("demo");
+    s.spec.member.priority_class_name = Some("high priority".into());
+    rejected(&s, "member.priorityClassName must name a PriorityClass");
+    let mut s = swarm("demo");
+    s.spec.member.node_selector = Some([("gpu".to_owned(), "a100 80g".to_owned())].into());
+    rejected(&s, "member.nodeSelector values must be label values");
+    s.spec.member.node_selector =
+        Some([("nvidia.com/gpu.product".to_owned(), "H100".to_owned())].into());
+    accepted(&s);
+}
+
+#[test]
+fn model_sources_are_well_formed() {
+    let hub = |id: &str, revision: Option<&str>| {
+        let mut s = swarm("demo");
+        s.spec.model.source = ModelSource {
+            hub: Some(HubModelSource {
+                id: id.into(),
+                revision: revision.map(Into::into),
+            }),
+            ..Default::default()
+        };
+        s
+    };
+    accepted(&hub("Qwen/Qwen2.5-0.5B-Instruct", Some("main")));
+    accepted(&hub("gpt2", Some("refs/pr/1")));
+    rejected(
+        &hub("not a repo id!", None),
+        "model.source.hub.id must be a hub repository id",
+    );
+    rejected(
+        &hub("a/b/c", None),
+        "model.source.hub.id must be a hub repository id",
+    );
+    rejected(
+        &hub("org--x/model", None),
+        "model.source.hub.id must be a hub repository id",
+    );
+    rejected(
+        &hub("Qwen/Qwen2.5-0.5B", Some("main branch")),
+        "model.source.hub.revision must be a branch, tag or commit",
+    );
+    let mut s = swarm("demo");
+    s.spec.model.source.pvc.as_mut().unwrap().claim_name = "My_Models".into();
+    rejected(
+        &s,
+        "model.source.pvc.claimName must name a PersistentVolumeClaim",
+    );
+    let mut s = swarm("demo");
+    s.spec.model.source = ModelSource {
+        image: Some(ImageModelSource {
+            reference: "models/qwen 0.5b".into(),
+            path: None,
+        }),
+        ..Default::default()
+    };
+    rejected(
+        &s,
+        "model.source.image.reference must be an image reference",
+    );
 }
 
 fn update_messages(new: &Swarm, old: &Swarm) -> Vec<String> {

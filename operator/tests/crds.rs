@@ -83,3 +83,59 @@ fn member_crd_prints_phase_peer_node_round_and_reward() {
     );
     assert!(version.subresources.as_ref().unwrap().status.is_some());
 }
+
+/// The formats the API server recognizes for each type (apiextensions-apiserver's
+/// `GetUnrecognizedFormats`, Kubernetes 1.36); any other makes `kubectl apply` warn.
+fn unrecognized_formats(value: &serde_json::Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            if let Some(format) = object.get("format").and_then(|f| f.as_str()) {
+                let known: &[&str] = match object.get("type").and_then(|t| t.as_str()) {
+                    Some("integer") => &["int32", "int64"],
+                    Some("number") => &["float", "double"],
+                    Some("string") | None => &[
+                        "date-time",
+                        "date",
+                        "byte",
+                        "binary",
+                        "password",
+                        "uri",
+                        "email",
+                        "hostname",
+                        "ipv4",
+                        "ipv6",
+                        "cidr",
+                        "mac",
+                        "uuid",
+                        "duration",
+                    ],
+                    Some(_) => &[],
+                };
+                if !known.contains(&format) {
+                    found.push(format!("{path}: {format}"));
+                }
+            }
+            for (key, child) in object {
+                unrecognized_formats(child, &format!("{path}.{key}"), found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                unrecognized_formats(child, &format!("{path}[{index}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_format_is_one_the_api_server_recognizes() {
+    for (file, crd) in swarm_operator::crds() {
+        let mut found = Vec::new();
+        unrecognized_formats(&serde_json::to_value(&crd).unwrap(), file, &mut found);
+        assert!(
+            found.is_empty(),
+            "formats the API server warns about: {found:#?}"
+        );
+    }
+}

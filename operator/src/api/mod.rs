@@ -1,5 +1,6 @@
 //! The `rlswarm.dev/v1alpha1` API: `Swarm` and `SwarmMember`.
 
+pub mod admission;
 mod member;
 mod swarm;
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use swarm_node_config::{Dtype, TrainingConfig};
@@ -50,6 +51,7 @@ pub const MAX_REPLICAS: i32 = 1000;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::admission::kubernetes_integer_formats)]
 pub struct SwarmSpec {
     /// Number of members.
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("replicas must be between 0 and 1000"))]
@@ -65,22 +67,10 @@ pub struct SwarmSpec {
     )]
     pub model: ModelSpec,
 
-    /// GRPO and SAPO hyper-parameters of every round.
+    /// GRPO and SAPO hyper-parameters of every round; their bounds are those of
+    /// `swarm_node_config::limits`, so that peers accept every member's messages.
     #[serde(default)]
-    #[x_kube(
-        validation = Rule::new("self.completionsPerQuestion >= 2").message("training.completionsPerQuestion (G) must be at least 2: a group of one completion has no advantage"),
-        validation = Rule::new("self.localRollouts + self.externalRollouts >= 1").message("training.localRollouts + training.externalRollouts (I + J) must be at least 1: a round must train on something"),
-        validation = Rule::new("self.learningRate > 0.0").message("training.learningRate must be greater than 0"),
-        validation = Rule::new("self.clipEpsilonLow > 0.0 && self.clipEpsilonLow < 1.0").message("training.clipEpsilonLow must be between 0 and 1 (exclusive)"),
-        validation = Rule::new("self.clipEpsilonHigh > 0.0 && self.clipEpsilonHigh < 1.0").message("training.clipEpsilonHigh must be between 0 and 1 (exclusive)"),
-        validation = Rule::new("self.klBeta >= 0.0").message("training.klBeta must not be negative"),
-        validation = Rule::new("self.temperature > 0.0").message("training.temperature must be greater than 0"),
-        validation = Rule::new("self.sharing.importanceCap > 0.0").message("training.sharing.importanceCap must be greater than 0"),
-        validation = Rule::new("self.sharing.shapingGamma > 0.0").message("training.sharing.shapingGamma must be greater than 0"),
-        validation = Rule::new("!has(self.taskGroups) || !has(self.tasks) || size(self.taskGroups) == 0 || size(self.tasks) == 0").message("training.taskGroups replaces training.tasks: set one of them"),
-        validation = Rule::new("!has(self.taskGroups) || size(self.taskGroups) == 0 || !has(self.dataset)").message("training.taskGroups and training.dataset are two sources of questions: set one of them"),
-        validation = Rule::new("self.completionsPerQuestion == oldSelf.completionsPerQuestion").message("training.completionsPerQuestion (G) is immutable: members accept only peer groups of exactly G completions, so running members would reject each other's rollouts")
-    )]
+    #[schemars(transform = super::admission::training)]
     pub training: TrainingConfig,
 
     /// Round timing.
@@ -201,6 +191,8 @@ fn default_secret_key() -> String {
 pub struct MemberTemplate {
     /// Node image; the operator's default node image when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && !self.contains(' ')").message("member.image must be an image reference such as registry.example.com/swarm-node:1.0: not empty, no spaces; leave it out for the operator's default"))]
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("member.imagePullPolicy must be Always, IfNotPresent or Never"))]
@@ -208,17 +200,25 @@ pub struct MemberTemplate {
     #[serde(default)]
     pub resources: MemberResources,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::admission::label_map_size)]
+    #[x_kube(validation = Rule::new(format!("self.all(k, self[k].matches('{}'))", super::admission::LABEL_VALUE)).message("member.nodeSelector values must be label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub node_selector: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::admission::DNS_SUBDOMAIN)).message("member.runtimeClassName must name a RuntimeClass: lowercase letters, digits, '-' and '.'"))]
     pub runtime_class_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::admission::DNS_SUBDOMAIN)).message("member.priorityClassName must name a PriorityClass: lowercase letters, digits, '-' and '.'"))]
     pub priority_class_name: Option<String>,
     /// Extra environment variables for the node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128), transform = super::admission::env_name_length)]
+    #[x_kube(validation = Rule::new(format!("self.all(e, e.name.matches('{}'))", super::admission::ENV_NAME)).message("member.env names must be letters, digits, '-', '.' and '_', not starting with a digit (e.g. MY_SETTING)"))]
     pub env: Option<Vec<EnvVar>>,
 }
 
@@ -230,9 +230,24 @@ pub struct MemberResources {
     #[x_kube(validation = Rule::new("self >= 0 && self <= 16").message("member.resources.gpus must be between 0 and 16"))]
     pub gpus: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::admission::quantity_map_size)]
+    #[x_kube(validation = resources_rule("requests"))]
     pub requests: Option<BTreeMap<String, Quantity>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::admission::quantity_map_size)]
+    #[x_kube(validation = resources_rule("limits"))]
     pub limits: Option<BTreeMap<String, Quantity>>,
+}
+
+/// Resource names mapped to quantities such as `500m`, `4Gi` or `2`.
+fn resources_rule(field: &str) -> Rule {
+    use super::admission::QUANTITY;
+    Rule::new(format!(
+        "self.all(k, string(self[k]).matches('{QUANTITY}'))"
+    ))
+    .message(&*format!(
+        "member.resources.{field} values must be quantities such as 500m, 4Gi or 2"
+    ))
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -265,6 +280,7 @@ pub struct ModelSource {
 #[serde(rename_all = "camelCase")]
 pub struct PvcModelSource {
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::admission::DNS_SUBDOMAIN)).message("model.source.pvc.claimName must name a PersistentVolumeClaim: lowercase letters, digits, '-' and '.'"))]
     pub claim_name: String,
     /// Directory inside the volume that holds config.json, the safetensors and tokenizer.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,6 +292,7 @@ pub struct PvcModelSource {
 #[serde(rename_all = "camelCase")]
 pub struct ImageModelSource {
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("size(self) >= 1 && !self.contains(' ')").message("model.source.image.reference must be an image reference such as registry.example.com/models/qwen:0.5b, without spaces"))]
     pub reference: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
@@ -285,10 +302,14 @@ pub struct ImageModelSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HubModelSource {
-    #[schemars(length(min = 1, max = 256))]
+    /// Repository id, `owner/name` (e.g. `Qwen/Qwen2.5-0.5B-Instruct`).
+    #[schemars(length(min = 1, max = 193))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}') && !self.contains('--') && !self.contains('..')", super::admission::HUB_ID)).message("model.source.hub.id must be a hub repository id such as Qwen/Qwen2.5-0.5B-Instruct: letters, digits, '-', '_' and '.', one '/' at most, no '--' or '..'"))]
     pub id: String,
+    /// Branch, tag or commit; the repository's default branch when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::admission::HUB_REVISION)).message("model.source.hub.revision must be a branch, tag or commit such as main, v1.0 or a 40-digit commit hash"))]
     pub revision: Option<String>,
 }
 
@@ -355,6 +376,8 @@ pub struct CheckpointSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("checkpoints.storageClassName is immutable: existing member volumes cannot change class"))]
     pub storage_class_name: Option<String>,
     #[serde(default = "default_checkpoint_size")]
+    #[schemars(transform = super::admission::quantity_length)]
+    #[x_kube(validation = Rule::new(format!("string(self).matches('{}') && string(self).matches('^[0.]*[1-9]')", super::admission::QUANTITY)).message("checkpoints.size must be a storage size greater than 0, such as 10Gi or 500Mi"))]
     pub size: Quantity,
     /// Checkpoint every this many rounds.
     #[serde(default = "default_checkpoint_interval")]
