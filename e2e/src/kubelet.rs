@@ -464,12 +464,23 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .args(&launch.args)
         .env_clear()
         .envs(inherited_env())
+        .envs(offline_hub(&launch.root))
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&launch.root)
         .stdin(Stdio::null())
         .stdout(open("stdout.jsonl")?)
         .stderr(open("node.log")?)
         .spawn()
+}
+
+/// No test reaches the internet: a member whose model is on the Hub finds a closed loopback port
+/// (the discard port) where the Hub would be, unless its pod names a mirror, and keeps the Hub's
+/// cache in its own root.
+fn offline_hub(root: &Path) -> [(String, String); 2] {
+    [
+        ("HF_ENDPOINT".to_owned(), "http://127.0.0.1:9".to_owned()),
+        ("HF_HOME".to_owned(), root.join("hf").display().to_string()),
+    ]
 }
 
 /// What a container image would provide: the library path (libtorch) and a PATH.

@@ -39,6 +39,20 @@ enum Command {
     /// The SAPO experiment in small: swarms trained under several I/J splits and sharing policies,
     /// each with several seeds, compared by cumulative reward and a held-out evaluation.
     Experiment(ExperimentArgs),
+    /// Downloads a model from the Hugging Face Hub into the Hub's cache (resuming a broken
+    /// download), so a member that names it in its config starts without the network; prints the
+    /// commit the revision resolved to.
+    FetchModel(FetchModelArgs),
+}
+
+#[derive(Args, Clone)]
+struct FetchModelArgs {
+    /// Repository id, e.g. Qwen/Qwen2.5-0.5B-Instruct.
+    #[arg(long)]
+    id: String,
+    /// Branch, tag or commit; main when empty.
+    #[arg(long)]
+    revision: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -118,8 +132,35 @@ struct SwarmArgs {
     #[arg(long, default_value_t = 0.1)]
     shaping_gamma: f64,
     /// A model directory (config.json, *.safetensors, tokenizer.json) instead of the embedded one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model_hub")]
     model: Option<PathBuf>,
+    /// A model from the Hugging Face Hub instead of the embedded one, e.g. Qwen/Qwen2.5-0.5B-Instruct:
+    /// downloaded into the Hub's cache (HF_HOME; HF_ENDPOINT for a mirror, HF_TOKEN for a token).
+    #[arg(long)]
+    model_hub: Option<String>,
+    /// `--model-hub`: the branch, tag or commit; main when empty.
+    #[arg(long, requires = "model_hub")]
+    model_revision: Option<String>,
+}
+
+impl SwarmArgs {
+    /// The model directory the arguments name, downloading a hub model first; none for the
+    /// embedded one.
+    fn model_dir(&self) -> Result<Option<PathBuf>, String> {
+        match (&self.model, &self.model_hub) {
+            (Some(dir), _) => Ok(Some(dir.clone())),
+            (None, Some(id)) => {
+                let model = swarm_hub::HubModel {
+                    id: id.clone(),
+                    revision: self.model_revision.clone(),
+                };
+                let fetched = member::fetch_hub_model(&model).map_err(|e| e.to_string())?;
+                println!("model {id} at commit {}", fetched.commit);
+                Ok(Some(fetched.dir))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -212,6 +253,22 @@ fn main() -> ExitCode {
         },
         Some(Command::Local(args)) => run_local(args),
         Some(Command::Experiment(args)) => run_experiment(args),
+        Some(Command::FetchModel(args)) => {
+            let model = swarm_hub::HubModel {
+                id: args.id,
+                revision: args.revision,
+            };
+            match member::fetch_hub_model(&model) {
+                Ok(fetched) => {
+                    println!("{} {}", fetched.commit, fetched.dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("swarm-node: {err}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
     }
 }
 
@@ -323,13 +380,17 @@ fn run_local(args: LocalArgs) -> ExitCode {
     training.local_rollouts = args.local;
     training.external_rollouts = args.external;
     training.seed = Some(args.seed);
+    let model = match args.swarm.model_dir() {
+        Ok(model) => model,
+        Err(message) => return bad_input(&message),
+    };
     let swarm = LocalSwarm {
         anvil: args.anvil.filter(|_| !args.no_ledger),
         members: args.members,
         rounds: args.rounds,
         round_seconds: args.round_seconds,
         training,
-        model: args.swarm.model.clone(),
+        model,
         checkpoint_every: args.checkpoint_every,
         out: args.out,
         progress: true,
@@ -409,9 +470,10 @@ fn run_experiment(args: ExperimentArgs) -> ExitCode {
         Ok(policies) => policies,
         Err(message) => return bad_input(&message),
     };
-    let model = match &args.swarm.model {
-        Some(model) => model.clone(),
-        None => match local::write_base_model(&args.out.join("model")) {
+    let model = match args.swarm.model_dir() {
+        Err(message) => return bad_input(&message),
+        Ok(Some(model)) => model,
+        Ok(None) => match local::write_base_model(&args.out.join("model")) {
             Ok(dir) => dir,
             Err(err) => return bad_input(&err.to_string()),
         },

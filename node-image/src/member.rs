@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use swarm_hub::{DownloadProgress, Fetched, HubError, HubModel, HubOptions};
 use swarm_model::ModelError;
 use swarm_node_config::{NodeConfig, P2pConfig};
 use swarm_p2p::{
@@ -50,11 +51,10 @@ const LEDGER_DRAIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error(
-        "the model is to come from the Hugging Face Hub ({0}), which this node cannot download: \
-         mount the weights (model.source.pvc or .image) so the config has model.path"
-    )]
-    HubModel(String),
+    #[error("hub model: {0}")]
+    Hub(#[from] HubError),
+    #[error("the config names no model: neither model.path nor model.hubId")]
+    NoModel,
     #[error("model: {0}")]
     Model(#[from] ModelError),
     #[error("tasks: {0}")]
@@ -129,7 +129,16 @@ pub fn run(
     let config = &startup.config;
     let model_dir = match (&config.model.path, &config.model.hub_id) {
         (Some(path), _) => PathBuf::from(path),
-        (None, hub_id) => return Err(NodeError::HubModel(hub_id.clone().unwrap_or_default())),
+        (None, Some(id)) => {
+            let model = HubModel {
+                id: id.clone(),
+                revision: config.model.revision.clone(),
+            };
+            let fetched = fetch_hub_model(&model)?;
+            tracing::info!(model = %id, commit = %fetched.commit, "hub model ready");
+            fetched.dir
+        }
+        (None, None) => return Err(NodeError::NoModel),
     };
     tracing::info!(model = %model_dir.display(), "loading the model");
     let mut learner = Learner::load(
@@ -586,6 +595,29 @@ fn winner(me: PeerId, own_reward: f64, by_author: &[(PeerId, f64, usize)]) -> St
         }
     }
     best.0.to_string()
+}
+
+/// A hub model from the Hub's cache (`HF_HOME`), downloading what is missing first (from
+/// `HF_ENDPOINT`, with `HF_TOKEN`); progress goes to the log every tenth of a file.
+pub fn fetch_hub_model(model: &HubModel) -> Result<Fetched, HubError> {
+    let cache_dir = swarm_hub::default_cache_dir();
+    if let Some(fetched) = swarm_hub::cached(model, &cache_dir) {
+        return Ok(fetched);
+    }
+    let options = HubOptions::from_env(cache_dir);
+    tracing::info!(model = %model.id, revision = model.revision(), endpoint = %options.endpoint, "downloading the model");
+    let logged_tenths = Mutex::new(BTreeMap::<String, u64>::new());
+    let report = |progress: DownloadProgress| {
+        let tenths = (progress.bytes * 10)
+            .checked_div(progress.total)
+            .unwrap_or(10);
+        let mut logged = logged_tenths.lock().unwrap_or_else(PoisonError::into_inner);
+        if logged.get(&progress.file) != Some(&tenths) {
+            logged.insert(progress.file.clone(), tenths);
+            tracing::info!(file = %progress.file, bytes = progress.bytes, total = progress.total, "downloading");
+        }
+    };
+    swarm_hub::fetch(model, &options, &report)
 }
 
 #[cfg(test)]

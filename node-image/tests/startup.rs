@@ -54,6 +54,10 @@ impl Mounts {
     }
 
     fn run_with(&self, subcommand: &[&str]) -> Output {
+        self.run_with_env(subcommand, &[])
+    }
+
+    fn run_with_env(&self, subcommand: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_swarm-node"))
             .args(subcommand)
             .arg("--identity-dir")
@@ -65,6 +69,7 @@ impl Mounts {
             .env_remove("SWARM_IDENTITY_DIR")
             .env_remove("SWARM_CONFIG")
             .env_remove("SWARM_MEMBER")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -218,12 +223,67 @@ fn malformed_config_exits_2() {
     );
 }
 
+/// A member whose hub model cannot be downloaded fails naming the model and the hub, and never
+/// shows its key.
 #[test]
-fn a_hub_model_is_refused_with_a_way_out() {
-    let output = Mounts::new().run();
+fn a_hub_model_that_cannot_be_downloaded_fails_naming_the_hub() {
+    let mounts = Mounts::new();
+    let hf_home = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = mounts.run_with_env(
+        &[],
+        &[
+            ("HF_HOME", hf_home.path().to_str().unwrap()),
+            ("HF_ENDPOINT", &format!("http://{closed}")),
+        ],
+    );
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.contains("Qwen/Qwen2.5-0.5B-Instruct"), "{stderr}");
-    assert!(stderr.contains("mount the weights"), "{stderr}");
+    assert!(
+        stderr.contains("Qwen/Qwen2.5-0.5B-Instruct") || stderr.contains("cannot reach the hub"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("http://{closed}")), "{stderr}");
     assert!(!stderr.contains(KEY), "{stderr}");
+}
+
+/// `swarm-node fetch-model` fills the Hub's cache (HF_HOME) from HF_ENDPOINT and prints the
+/// commit; once there, the model needs no hub at all.
+#[test]
+fn fetch_model_fills_the_cache_and_names_the_commit() {
+    use swarm_hub::test_server::{TAGGED_COMMIT, serve};
+    let hub = serve();
+    let hf_home = tempfile::tempdir().unwrap();
+    let fetch = |endpoint: &str| {
+        Command::new(env!("CARGO_BIN_EXE_swarm-node"))
+            .args([
+                "fetch-model",
+                "--id",
+                "tests/learning-base",
+                "--revision",
+                "v1",
+            ])
+            .env("HF_HOME", hf_home.path())
+            .env("HF_ENDPOINT", endpoint)
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let output = fetch(&hub.endpoint);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let (commit, dir) = stdout.trim().split_once(' ').unwrap();
+    assert_eq!(commit, TAGGED_COMMIT);
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(
+            Path::new(dir).join(file).is_file(),
+            "{file} missing in {dir}"
+        );
+    }
+    let offline = fetch("http://127.0.0.1:9");
+    assert!(offline.status.success(), "{}", text(&offline.stderr));
+    assert_eq!(text(&offline.stdout), stdout);
 }

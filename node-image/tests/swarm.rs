@@ -44,6 +44,8 @@ struct Swarm {
     max_rounds: u64,
     members: Vec<Member>,
     ledger: Option<LedgerConfig>,
+    /// HF_ENDPOINT of the nodes, when they download their model.
+    hub_endpoint: Option<String>,
 }
 
 struct Member {
@@ -80,6 +82,7 @@ impl Swarm {
             max_rounds,
             members,
             ledger: None,
+            hub_endpoint: None,
         }
     }
 
@@ -187,6 +190,8 @@ impl Swarm {
             .args(["--metrics-port", "0"])
             .arg("--exit-when-done")
             .env("RUST_LOG", "info")
+            .env("HF_HOME", self.root.path().join("hf"))
+            .envs(self.hub_endpoint.iter().map(|e| ("HF_ENDPOINT", e)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -669,6 +674,37 @@ fn the_local_swarm_command_trains_and_records_on_its_ledger() {
     assert_eq!(csv.lines().count(), 1 + 2 * 3, "{csv}");
     let png = std::fs::read(out.path().join("reward.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "reward.png is not a PNG");
+}
+
+/// A member whose config names a hub model downloads it (here from the stand-in Hub), at the
+/// revision's commit, and trains on it.
+#[test]
+fn a_member_trains_on_a_model_from_the_hub() {
+    use swarm_hub::test_server::{TAGGED_COMMIT, serve};
+    let _lock = one_at_a_time();
+    let hub = serve();
+    let mut swarm = Swarm::new(1, 2);
+    swarm.hub_endpoint = Some(hub.endpoint.clone());
+    let mut config = swarm.config(0);
+    config.model = ModelConfig {
+        path: None,
+        hub_id: Some("tests/learning-base".into()),
+        revision: Some("v1".into()),
+        dtype: Dtype::F32,
+    };
+    let mut node = swarm.start_with(0, config);
+    node.wait_finished(swarm_timeout(2));
+    assert!(!node.rounds.is_empty());
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains(TAGGED_COMMIT), "{log}");
+    let cached = swarm_hub::cached(
+        &swarm_hub::HubModel {
+            id: "tests/learning-base".into(),
+            revision: Some("v1".into()),
+        },
+        &swarm.root.path().join("hf/hub"),
+    );
+    assert_eq!(cached.unwrap().commit, TAGGED_COMMIT);
 }
 
 /// A peer that speaks the protocol but sends what no honest member would.
