@@ -53,6 +53,40 @@ struct FetchModelArgs {
     /// Branch, tag or commit; main when empty.
     #[arg(long)]
     revision: Option<String>,
+    /// A file to write the outcome to, `commit <sha>` or the error, as a Kubernetes termination
+    /// message (the operator's init container passes /dev/termination-log).
+    #[arg(long)]
+    termination_log: Option<PathBuf>,
+}
+
+/// Longest termination message the kubelet keeps.
+const TERMINATION_MESSAGE_BYTES: usize = 4096;
+
+fn fetch_model(args: FetchModelArgs) -> ExitCode {
+    let model = swarm_hub::HubModel {
+        id: args.id,
+        revision: args.revision,
+    };
+    let (message, code) = match member::fetch_hub_model(&model) {
+        Ok(fetched) => {
+            println!("{} {}", fetched.commit, fetched.dir.display());
+            (format!("commit {}", fetched.commit), ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("swarm-node: {err}");
+            (err.to_string(), ExitCode::from(EXIT_FAILURE))
+        }
+    };
+    if let Some(path) = args.termination_log {
+        let mut end = message.len().min(TERMINATION_MESSAGE_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        if let Err(err) = std::fs::write(&path, &message[..end]) {
+            eprintln!("swarm-node: cannot write {}: {err}", path.display());
+        }
+    }
+    code
 }
 
 #[derive(Args, Clone)]
@@ -253,22 +287,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Local(args)) => run_local(args),
         Some(Command::Experiment(args)) => run_experiment(args),
-        Some(Command::FetchModel(args)) => {
-            let model = swarm_hub::HubModel {
-                id: args.id,
-                revision: args.revision,
-            };
-            match member::fetch_hub_model(&model) {
-                Ok(fetched) => {
-                    println!("{} {}", fetched.commit, fetched.dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("swarm-node: {err}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
-        }
+        Some(Command::FetchModel(args)) => fetch_model(args),
     }
 }
 

@@ -286,4 +286,29 @@ fn fetch_model_fills_the_cache_and_names_the_commit() {
     let offline = fetch("http://127.0.0.1:9");
     assert!(offline.status.success(), "{}", text(&offline.stderr));
     assert_eq!(text(&offline.stdout), stdout);
+
+    // As the operator's init container runs it: the outcome goes to the termination message.
+    let message = hf_home.path().join("termination-log");
+    let with_message = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_swarm-node"))
+            .args(["fetch-model", "--id", id, "--termination-log"])
+            .arg(&message)
+            .env("HF_HOME", hf_home.path())
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .output()
+            .unwrap()
+    };
+    assert!(with_message("tests/learning-base").status.success());
+    assert!(
+        std::fs::read_to_string(&message)
+            .unwrap()
+            .starts_with("commit ")
+    );
+    let missing = with_message("tests/missing");
+    assert_eq!(missing.status.code(), Some(1));
+    let reason = std::fs::read_to_string(&message).unwrap();
+    assert!(
+        reason.contains("HTTP 404") && reason.contains("tests/missing"),
+        "{reason}"
+    );
 }

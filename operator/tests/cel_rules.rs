@@ -214,6 +214,7 @@ fn model_source_names_exactly_one_place() {
     s.spec.model.source.hub = Some(HubModelSource {
         id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
         revision: None,
+        token_secret: None,
     });
     rejected(&s, "exactly one of pvc, image or hub");
     s.spec.model.source = ModelSource::default();
@@ -517,6 +518,7 @@ fn model_sources_are_well_formed() {
             hub: Some(HubModelSource {
                 id: id.into(),
                 revision: revision.map(Into::into),
+                token_secret: None,
             }),
             ..Default::default()
         };
@@ -540,6 +542,17 @@ fn model_sources_are_well_formed() {
         &hub("Qwen/Qwen2.5-0.5B", Some("main branch")),
         "model.source.hub.revision must be a branch, tag or commit",
     );
+    let mut private = hub("org/private-model", None);
+    private.spec.model.source.hub.as_mut().unwrap().token_secret = Some(HubTokenSecret {
+        name: "hf-token".into(),
+        key: "token".into(),
+    });
+    accepted(&private);
+    private.spec.model.source.hub.as_mut().unwrap().token_secret = Some(HubTokenSecret {
+        name: "HF Token".into(),
+        key: "token".into(),
+    });
+    rejected(&private, "model.source.hub.tokenSecret.name must name a Secret");
     let mut s = swarm("demo");
     s.spec.model.source.pvc.as_mut().unwrap().claim_name = "My_Models".into();
     rejected(

@@ -62,6 +62,9 @@ pub struct SwarmMemberStatus {
     pub last_reward: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_reward: Option<f64>,
+    /// The commit of a hub model the member's download resolved its revision to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_commit: Option<String>,
     /// Pods the operator replaced after they failed or disappeared.
     #[serde(default)]
     pub restarts: i32,

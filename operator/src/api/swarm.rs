@@ -311,6 +311,27 @@ pub struct HubModelSource {
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::admission::HUB_REVISION)).message("model.source.hub.revision must be a branch, tag or commit such as main, v1.0 or a 40-digit commit hash"))]
     pub revision: Option<String>,
+    /// A Secret in the Swarm's namespace holding a Hub token, for private or gated models; it
+    /// reaches only the download, as `HF_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<HubTokenSecret>,
+}
+
+/// The Secret entry holding a Hub token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HubTokenSecret {
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::admission::DNS_SUBDOMAIN)).message("model.source.hub.tokenSecret.name must name a Secret: lowercase letters, digits, '-' and '.'"))]
+    pub name: String,
+    /// The entry holding the token; `token` when empty.
+    #[serde(default = "default_hub_token_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_hub_token_key() -> String {
+    "token".to_owned()
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

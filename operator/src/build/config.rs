@@ -206,6 +206,7 @@ mod tests {
             hub: Some(HubModelSource {
                 id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
                 revision: Some("main".into()),
+                token_secret: None,
             }),
             ..Default::default()
         };

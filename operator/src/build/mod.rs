@@ -15,7 +15,9 @@ use kube::Resource;
 
 pub use config::{bootstrap_multiaddr, build_config_map, build_node_config};
 pub use member::build_member;
-pub use pod::{MODEL_MOUNT, PodSettings, TEMPLATE_HASH_ANNOTATION, build_member_pod};
+pub use pod::{
+    FETCH_MODEL_CONTAINER, MODEL_MOUNT, PodSettings, TEMPLATE_HASH_ANNOTATION, build_member_pod,
+};
 pub use pvc::{build_checkpoint_pvc, checkpoint_pvc_name};
 pub use secret::build_identity_secret;
 pub use service::build_peers_service;

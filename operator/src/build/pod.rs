@@ -4,8 +4,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ImageVolumeSource, KeyToPath, ObjectFieldSelector,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -16,7 +16,7 @@ use swarm_node_config::CONFIG_FILE;
 
 use super::pvc::checkpoint_pvc_name;
 use super::{member_labels, owner_ref};
-use crate::api::{Swarm, SwarmMember, TelemetrySpec};
+use crate::api::{HubModelSource, MemberTemplate, Swarm, SwarmMember, TelemetrySpec};
 
 /// Hash of everything the operator sets on a member pod; a pod whose hash differs is replaced.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "rlswarm.dev/template-hash";
@@ -28,6 +28,13 @@ pub const MODEL_MOUNT: &str = "/models";
 pub const STATE_DIR: &str = "/var/lib/swarm-node";
 pub const CHECKPOINT_DIR: &str = "/var/lib/swarm-node/checkpoints";
 pub const METRICS_PORT: i32 = 9090;
+/// The Hub's cache (`HF_HOME`) on the state volume: on the checkpoint claim when there is one, so
+/// a replaced pod does not download its model again.
+pub const HUB_HOME: &str = "/var/lib/swarm-node/hf";
+/// The init container that downloads a hub model before the node starts.
+pub const FETCH_MODEL_CONTAINER: &str = "fetch-model";
+/// Where the kubelet reads a container's termination message from (its default path).
+const TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// The unprivileged user of the node image.
 const NODE_UID: i64 = 65532;
@@ -62,25 +69,46 @@ pub fn build_member_pod(swarm: &Swarm, member: &SwarmMember, settings: &PodSetti
     }
 
     let (volumes, volume_mounts) = volumes(swarm, member);
+    let hub = swarm.spec.model.source.hub.as_ref();
     let mut env = vec![
         field_env("SWARM_MEMBER", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         plain_env("SWARM_IDENTITY_DIR", IDENTITY_DIR),
         plain_env("SWARM_CONFIG", &format!("{CONFIG_DIR}/{CONFIG_FILE}")),
     ];
+    if hub.is_some() {
+        env.push(plain_env("HF_HOME", HUB_HOME));
+    }
     if let Some(telemetry) = &swarm.spec.telemetry {
         env.extend(telemetry_env(swarm, telemetry));
     }
     env.extend(template.env.iter().flatten().cloned());
+    let image = template
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.default_image.clone());
+    let security_context = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let init_containers = hub.map(|hub| {
+        vec![fetch_model_container(
+            hub,
+            &image,
+            template,
+            &security_context,
+        )]
+    });
 
     let container = Container {
         name: "node".into(),
-        image: Some(
-            template
-                .image
-                .clone()
-                .unwrap_or_else(|| settings.default_image.clone()),
-        ),
+        image: Some(image),
         image_pull_policy: template.image_pull_policy.clone(),
         env: Some(env),
         ports: Some(vec![
@@ -93,16 +121,7 @@ pub fn build_member_pod(swarm: &Swarm, member: &SwarmMember, settings: &PodSetti
             limits: (!limits.is_empty()).then_some(limits),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(security_context),
         volume_mounts: Some(volume_mounts),
         readiness_probe: Some(http_probe("/readyz", 5)),
         liveness_probe: Some(http_probe("/healthz", 20)),
@@ -132,6 +151,7 @@ pub fn build_member_pod(swarm: &Swarm, member: &SwarmMember, settings: &PodSetti
         affinity: template.affinity.clone(),
         runtime_class_name: template.runtime_class_name.clone(),
         priority_class_name: template.priority_class_name.clone(),
+        init_containers,
         containers: vec![container],
         volumes: Some(volumes),
         ..Default::default()
@@ -153,6 +173,58 @@ pub fn build_member_pod(swarm: &Swarm, member: &SwarmMember, settings: &PodSetti
         },
         spec: Some(spec),
         status: None,
+    }
+}
+
+/// Downloads the hub model into the Hub's cache on the state volume before the node starts
+/// (`swarm-node fetch-model`, resuming a broken download after a restart). Its termination message
+/// is the resolved commit, or why the download failed, for the member's status.
+fn fetch_model_container(
+    hub: &HubModelSource,
+    image: &str,
+    template: &MemberTemplate,
+    security_context: &SecurityContext,
+) -> Container {
+    let mut args = vec!["fetch-model".to_owned(), "--id".to_owned(), hub.id.clone()];
+    if let Some(revision) = &hub.revision {
+        args.extend(["--revision".to_owned(), revision.clone()]);
+    }
+    args.extend(["--termination-log".to_owned(), TERMINATION_LOG.to_owned()]);
+    let mut env = vec![plain_env("HF_HOME", HUB_HOME)];
+    if let Some(secret) = &hub.token_secret {
+        env.push(EnvVar {
+            name: "HF_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    // The member's own variables too: HF_ENDPOINT for a mirror, proxies.
+    env.extend(template.env.iter().flatten().cloned());
+    Container {
+        name: FETCH_MODEL_CONTAINER.into(),
+        image: Some(image.to_owned()),
+        image_pull_policy: template.image_pull_policy.clone(),
+        args: Some(args),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: template.resources.requests.clone(),
+            ..Default::default()
+        }),
+        security_context: Some(security_context.clone()),
+        volume_mounts: Some(vec![
+            mount("state", STATE_DIR, false),
+            mount("tmp", "/tmp", false),
+        ]),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
     }
 }
 
@@ -586,6 +658,66 @@ mod tests {
         let position = |name| names.iter().position(|n| *n == name).unwrap();
         assert!(position("POD_NAMESPACE") < position("OTEL_RESOURCE_ATTRIBUTES"));
         assert!(position("SWARM_MEMBER") < position("OTEL_RESOURCE_ATTRIBUTES"));
+    }
+
+    #[test]
+    fn a_hub_model_is_downloaded_by_an_init_container_into_the_state_volume() {
+        let mut swarm = fixtures::swarm(1);
+        swarm.spec.model.source = ModelSource {
+            hub: Some(crate::api::HubModelSource {
+                id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+                revision: Some("v1".into()),
+                token_secret: Some(crate::api::HubTokenSecret {
+                    name: "hf".into(),
+                    key: "token".into(),
+                }),
+            }),
+            ..Default::default()
+        };
+        swarm.spec.member.env = Some(vec![plain_env("HF_ENDPOINT", "http://mirror:8080")]);
+        let member = fixtures::member(&swarm, 0);
+        let pod = serde_json::to_value(build_member_pod(&swarm, &member, &settings())).unwrap();
+        let init = &pod["spec"]["initContainers"];
+        assert_eq!(init.as_array().unwrap().len(), 1);
+        assert_eq!(
+            init[0],
+            json!({
+                "name": "fetch-model",
+                "image": "ghcr.io/rl-swarm/swarm-node:0.1.0",
+                "args": ["fetch-model", "--id", "Qwen/Qwen2.5-0.5B-Instruct", "--revision", "v1",
+                         "--termination-log", "/dev/termination-log"],
+                "env": [
+                    {"name": "HF_HOME", "value": HUB_HOME},
+                    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token", "optional": false}}},
+                    {"name": "HF_ENDPOINT", "value": "http://mirror:8080"},
+                ],
+                "resources": {},
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [
+                    {"name": "state", "mountPath": STATE_DIR, "readOnly": false},
+                    {"name": "tmp", "mountPath": "/tmp", "readOnly": false},
+                ],
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            })
+        );
+        let node = &pod["spec"]["containers"][0];
+        let env = node["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "HF_HOME", "value": HUB_HOME})));
+        assert!(
+            !env.iter().any(|e| e["name"] == "HF_TOKEN"),
+            "only the download sees the token"
+        );
+        // The cache is on the state volume, which is the checkpoint claim when there is one.
+        assert!(HUB_HOME.starts_with(STATE_DIR));
+
+        let pvc_pod = build_member_pod(&fixtures::swarm(1), &member, &settings());
+        assert!(pvc_pod.spec.unwrap().init_containers.is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::ledger::{
     MEMBER_FINALIZER, Removal, ledger_target, registered_on, registered_status, removal,
     retry_delay,
 };
-use crate::status::{PodObservation, condition, observe_pod};
+use crate::status::{ModelDownload, PodObservation, condition, observe_pod};
 
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon to look again while a pod is terminating or a previous incarnation is being collected.
@@ -124,6 +124,31 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         Some(pod) => {
             let seen = apply_observation(&mut status, &pod);
             status.pod = Some(name.clone());
+            match &seen.model {
+                Some(ModelDownload::Done { commit })
+                    if prior.model_commit.as_ref() != Some(commit) =>
+                {
+                    status.model_commit = Some(commit.clone());
+                    ctx.event(
+                        &reference,
+                        EventType::Normal,
+                        "ModelDownloaded",
+                        format!("the model is at commit {commit}"),
+                    )
+                    .await;
+                }
+                // Once per failure: the message changes when the reason does.
+                Some(ModelDownload::Failed { reason }) if prior.message != status.message => {
+                    ctx.event(
+                        &reference,
+                        EventType::Warning,
+                        "ModelDownloadFailed",
+                        reason.clone(),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
             if seen.failed {
                 delete_pod(&pods, &name).await?;
                 status.pod = None;

@@ -1,6 +1,7 @@
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use crate::api::MemberPhase;
+use crate::build::FETCH_MODEL_CONTAINER;
 
 /// What the operator saw of a member's pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,6 +14,53 @@ pub struct PodObservation {
     pub failed: bool,
     /// The scheduler cannot place the pod; the swarm is degraded until it can.
     pub unschedulable: bool,
+    /// The hub model's download, when the pod has one.
+    pub model: Option<ModelDownload>,
+}
+
+/// How the pod's `fetch-model` init container is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelDownload {
+    Running,
+    /// It ended with the commit the revision resolved to.
+    Done {
+        commit: String,
+    },
+    /// Its last attempt failed, for this reason; the kubelet retries it.
+    Failed {
+        reason: String,
+    },
+}
+
+/// What the `fetch-model` init container's state says.
+fn observe_download(statuses: &[ContainerStatus]) -> Option<ModelDownload> {
+    let status = statuses.iter().find(|s| s.name == FETCH_MODEL_CONTAINER)?;
+    let state = status.state.clone().unwrap_or_default();
+    if let Some(done) = &state.terminated
+        && done.exit_code == 0
+    {
+        let message = done.message.as_deref().unwrap_or_default().trim();
+        return Some(ModelDownload::Done {
+            commit: message
+                .strip_prefix("commit ")
+                .unwrap_or(message)
+                .to_owned(),
+        });
+    }
+    if state.running.is_some() {
+        return Some(ModelDownload::Running);
+    }
+    let failed = state
+        .terminated
+        .or_else(|| status.last_state.clone().and_then(|s| s.terminated))
+        .filter(|t| t.exit_code != 0)?;
+    let reason = failed
+        .message
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty())
+        .or(failed.reason)
+        .unwrap_or_else(|| format!("exit code {}", failed.exit_code));
+    Some(ModelDownload::Failed { reason })
 }
 
 pub fn observe_pod(pod: Option<&Pod>) -> PodObservation {
@@ -23,18 +71,36 @@ pub fn observe_pod(pod: Option<&Pod>) -> PodObservation {
             message: Some("pod not created yet".into()),
             failed: false,
             unschedulable: false,
+            model: None,
         };
     };
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let status = pod.status.clone().unwrap_or_default();
     let conditions = status.conditions.unwrap_or_default();
     let condition = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
+    let model = observe_download(
+        status
+            .init_container_statuses
+            .as_deref()
+            .unwrap_or_default(),
+    );
+    let download_message = match &model {
+        Some(ModelDownload::Running) => Some(format!(
+            "downloading the model (its progress: kubectl logs {} -c {FETCH_MODEL_CONTAINER})",
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )),
+        Some(ModelDownload::Failed { reason }) => {
+            Some(format!("model download failed, retrying: {reason}"))
+        }
+        Some(ModelDownload::Done { .. }) | None => None,
+    };
     let observation = |phase, message: Option<String>| PodObservation {
         phase,
         node: node.clone(),
         message,
         failed: false,
         unschedulable: false,
+        model: model.clone(),
     };
 
     if pod.metadata.deletion_timestamp.is_some() {
@@ -82,6 +148,9 @@ pub fn observe_pod(pod: Option<&Pod>) -> PodObservation {
                 Some("waiting for the scheduler".into()),
             ),
         },
+        _ if download_message.is_some() => {
+            observation(MemberPhase::Starting, download_message.clone())
+        }
         _ => {
             let waiting = status
                 .container_statuses
@@ -154,6 +223,96 @@ mod tests {
             ..Default::default()
         }]);
         pod
+    }
+
+    fn fetch_model(mut pod: Pod, state: ContainerState, last: Option<ContainerState>) -> Pod {
+        pod.metadata.name = Some("demo-0".into());
+        pod.status.as_mut().unwrap().init_container_statuses = Some(vec![ContainerStatus {
+            name: FETCH_MODEL_CONTAINER.into(),
+            state: Some(state),
+            last_state: last,
+            ..Default::default()
+        }]);
+        pod
+    }
+
+    fn terminated(exit_code: i32, message: &str) -> ContainerState {
+        ContainerState {
+            terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                exit_code,
+                message: Some(message.into()),
+                reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_model_download_shows_while_it_runs_fails_and_when_it_is_done() {
+        let running = ContainerState {
+            running: Some(Default::default()),
+            ..Default::default()
+        };
+        let seen = observe_pod(Some(&fetch_model(
+            pod(Some("gpu-0"), "Pending", &[]),
+            running,
+            None,
+        )));
+        assert_eq!(seen.phase, MemberPhase::Starting);
+        assert_eq!(seen.model, Some(ModelDownload::Running));
+        assert!(
+            seen.message
+                .unwrap()
+                .contains("kubectl logs demo-0 -c fetch-model"),
+        );
+
+        let reason = "Qwen/Qwen2.5-0.5B at revision main is not on the hub at https://huggingface.co (HTTP 404): check the id and the revision";
+        let backing_off = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+                message: None,
+            }),
+            ..Default::default()
+        };
+        let seen = observe_pod(Some(&fetch_model(
+            pod(Some("gpu-0"), "Pending", &[]),
+            backing_off,
+            Some(terminated(1, reason)),
+        )));
+        assert_eq!(seen.phase, MemberPhase::Starting);
+        assert_eq!(
+            seen.model,
+            Some(ModelDownload::Failed {
+                reason: reason.into()
+            })
+        );
+        assert_eq!(
+            seen.message.unwrap(),
+            format!("model download failed, retrying: {reason}")
+        );
+        assert!(
+            !seen.failed,
+            "the kubelet retries the download; the pod stays"
+        );
+
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let seen = observe_pod(Some(&fetch_model(
+            pod(Some("gpu-0"), "Running", &[("Ready", "True", None, None)]),
+            terminated(0, &format!("commit {commit}")),
+            None,
+        )));
+        assert_eq!(seen.phase, MemberPhase::Running);
+        assert_eq!(
+            seen.model,
+            Some(ModelDownload::Done {
+                commit: commit.into()
+            })
+        );
+        assert_eq!(
+            observe_pod(Some(&pod(Some("gpu-0"), "Running", &[]))).model,
+            None
+        );
     }
 
     #[test]
