@@ -41,6 +41,49 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
             .unwrap();
         assert!(record.reward_submissions >= 1, "{record:?}");
     }
+    // `kubectl get swarmmembers` shows each member's latest recorded round and its rewards, as the
+    // ledger has them.
+    bed.wait(
+        "every member's ROUND and REWARD columns",
+        Duration::from_secs(90),
+        || async {
+            let table = bed.f.env.kubectl(&[
+                "get",
+                "swarmmembers",
+                "--namespace",
+                &bed.f.ns.name,
+                "--no-headers",
+                "-o",
+                "custom-columns=NAME:.metadata.name,ROUND:.status.round,REWARD:.status.totalReward",
+            ]);
+            let empty: Vec<&str> = table.lines().filter(|l| l.contains("<none>")).collect();
+            if table.lines().count() == 4 && empty.is_empty() {
+                Ok(())
+            } else {
+                Err(table)
+            }
+        },
+    )
+    .await;
+    for member in bed.f.members().await {
+        let status = member.status.unwrap();
+        let record = ledger
+            .member_by_account(status.address.unwrap().parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let (round, total) = (status.round.unwrap(), status.total_reward.unwrap());
+        assert!(round >= 0 && status.last_reward.is_some());
+        // The ledger may have moved on since the status was written, never back.
+        assert!(
+            total <= swarm_ledger::unscaled_reward(record.total_reward) + 1e-9,
+            "{total} shown, {:?} recorded",
+            record.total_reward
+        );
+    }
+    let swarm: Swarm = bed.f.api::<Swarm>().get(SWARM).await.unwrap();
+    assert!(swarm.status.unwrap().round.is_some(), "the Swarm's ROUND");
+
     // The node's own /metrics, on its pod address, agrees with what it reported.
     let first = newest(&bed.kubelet, &format!("{SWARM}-0"));
     let admin = first.starts()[0].metrics.clone().unwrap();

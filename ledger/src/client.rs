@@ -81,6 +81,16 @@ pub struct Member {
     pub winner_submissions: u64,
 }
 
+/// One `RewardSubmitted` event: a member's reward for a round and its total after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedReward {
+    pub round: u64,
+    pub account: Address,
+    pub reward: I256,
+    pub total_reward: I256,
+    pub block: u64,
+}
+
 /// What one account submitted for one round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submission {
@@ -308,6 +318,31 @@ impl LedgerClient {
                 Ok(logs
                     .into_iter()
                     .map(|(event, _)| (event.round, event.account))
+                    .collect())
+            })
+            .await
+    }
+
+    /// The rewards recorded from block `from` on, in chain order: one `eth_getLogs` for any number
+    /// of members, which is how the operator follows every member's rounds and totals.
+    pub async fn rewards_since(&self, from: u64) -> Result<Vec<RecordedReward>, LedgerError> {
+        self.sender
+            .retry("read the recorded rewards", || async move {
+                let logs = self
+                    .contract
+                    .RewardSubmitted_filter()
+                    .from_block(from)
+                    .query()
+                    .await?;
+                Ok(logs
+                    .into_iter()
+                    .map(|(event, log)| RecordedReward {
+                        round: event.round,
+                        account: event.account,
+                        reward: event.reward,
+                        total_reward: event.totalReward,
+                        block: log.block_number.unwrap_or(from),
+                    })
                     .collect())
             })
             .await

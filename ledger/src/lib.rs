@@ -18,12 +18,28 @@ mod redact;
 pub use alloy::primitives::{Address, I256, TxHash};
 pub use alloy::rpc::types::TransactionReceipt;
 pub use alloy::signers::local::PrivateKeySigner;
-pub use client::{LedgerClient, LedgerOptions, Member, Outcome, RetryPolicy, Submission};
+pub use client::{
+    LedgerClient, LedgerOptions, Member, Outcome, RecordedReward, RetryPolicy, Submission,
+};
 pub use error::{LedgerError, Problem, TransientError};
 pub use redact::{display_url, redact};
 
 use swarm_identity::MemberKey;
 use zeroize::Zeroizing;
+
+/// Rewards go on chain as integers: a round's mean reward in millionths.
+const REWARD_SCALE: f64 = 1_000_000.0;
+
+/// The reward as the contract records it.
+pub fn scaled_reward(reward: f64) -> I256 {
+    // A reward is in [0, 1], so the product fits an i64 comfortably.
+    I256::try_from((reward.clamp(0.0, 1.0) * REWARD_SCALE).round() as i64).unwrap_or(I256::ZERO)
+}
+
+/// A recorded reward (or total of rewards) back in reward units.
+pub fn unscaled_reward(recorded: I256) -> f64 {
+    i128::try_from(recorded).map_or(0.0, |millionths| millionths as f64 / REWARD_SCALE)
+}
 
 /// Typed bindings of the contract: calls, events (for decoding receipts' logs) and errors.
 pub mod bindings {
@@ -51,6 +67,16 @@ pub fn member_signer(key: &MemberKey) -> Result<PrivateKeySigner, LedgerError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rewards_are_recorded_in_millionths() {
+        use super::{I256, scaled_reward, unscaled_reward};
+        assert_eq!(scaled_reward(0.25), I256::try_from(250_000).unwrap());
+        assert_eq!(scaled_reward(1.0), I256::try_from(1_000_000).unwrap());
+        assert_eq!(scaled_reward(-3.0), I256::ZERO);
+        assert_eq!(scaled_reward(f64::NAN), I256::ZERO);
+        assert_eq!(unscaled_reward(scaled_reward(0.25)), 0.25);
+    }
+
     use super::*;
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 use swarm_identity::MemberKey;
 use swarm_ledger::bindings::SwarmCoordinator::SwarmCoordinatorErrors;
 use swarm_ledger::{
-    Address, I256, LedgerClient, LedgerError, LedgerOptions, display_url, member_signer, redact,
+    Address, LedgerClient, LedgerError, LedgerOptions, display_url, member_signer, redact,
+    scaled_reward,
 };
 use swarm_node_config::LedgerConfig;
 use tokio::sync::mpsc;
@@ -24,8 +25,6 @@ use crate::metrics::{LedgerOutcome, NodeMetrics};
 const MAX_PENDING: usize = 64;
 /// Pause between attempts while something is pending.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
-/// Rewards go on chain as integers: the round's mean reward in millionths.
-const REWARD_SCALE: f64 = 1_000_000.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerSetupError {
@@ -43,17 +42,6 @@ pub struct RoundSubmission {
     pub reward: f64,
     /// PeerIds, best first; at least one (the member itself when it saw nobody better).
     pub winners: Vec<String>,
-}
-
-/// The reward as the contract records it.
-pub fn scaled_reward(reward: f64) -> I256 {
-    // A reward is in [0, 1], so the product fits an i64 comfortably.
-    I256::try_from((reward.clamp(0.0, 1.0) * REWARD_SCALE).round() as i64).unwrap_or(I256::ZERO)
-}
-
-/// A recorded reward (or total of rewards) back in reward units.
-pub fn unscaled_reward(recorded: I256) -> f64 {
-    i128::try_from(recorded).map_or(0.0, |millionths| millionths as f64 / REWARD_SCALE)
 }
 
 /// Handle to the submitting task.
@@ -268,19 +256,5 @@ impl Submitter {
                 Attempt::Refused
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rewards_are_recorded_in_millionths() {
-        assert_eq!(scaled_reward(0.25), I256::try_from(250_000).unwrap());
-        assert_eq!(scaled_reward(1.0), I256::try_from(1_000_000).unwrap());
-        assert_eq!(scaled_reward(-3.0), I256::ZERO);
-        assert_eq!(scaled_reward(f64::NAN), I256::ZERO);
-        assert_eq!(unscaled_reward(scaled_reward(0.25)), 0.25);
     }
 }

@@ -14,7 +14,7 @@ use swarm_node_config::LedgerConfig;
 use tokio::sync::oneshot;
 
 use crate::clock::RoundClock;
-use crate::ledger::unscaled_reward;
+use swarm_ledger::unscaled_reward;
 
 /// How often the round keeper compares the contract's round with the clock's.
 const ROUND_CHECK: Duration = Duration::from_millis(200);

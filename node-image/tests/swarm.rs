@@ -617,7 +617,7 @@ fn members_record_rewards_and_winners_on_the_ledger() {
             let recorded = runtime
                 .block_on(operator.submission(report.round, *account))
                 .unwrap();
-            let expected = swarm_node::ledger::scaled_reward(report.reward);
+            let expected = swarm_ledger::scaled_reward(report.reward);
             assert_eq!(recorded.reward, Some(expected), "round {}", report.round);
             assert!(recorded.winners_submitted, "round {}", report.round);
         }

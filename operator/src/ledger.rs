@@ -1,12 +1,13 @@
 //! Pure ledger decisions: what the operator's view of a Swarm's ledger is, what to send to the chain,
 //! and how ledger problems read in conditions. No I/O; `controller::ledger` does the sending.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use alloy::primitives::U256;
 use alloy::primitives::utils::parse_ether;
 use jiff::{SignedDuration, Timestamp};
-use swarm_ledger::{Address, LedgerError, Problem};
+use swarm_ledger::{Address, LedgerError, Problem, RecordedReward};
 pub use swarm_ledger::{display_url, redact};
 
 use crate::api::{
@@ -76,6 +77,8 @@ pub struct LedgerState {
     pub deployed: bool,
     /// The contract's round after any advancing.
     pub round: u64,
+    /// Each member account's latest recorded reward, as far as the operator has read them.
+    pub rewards: HashMap<Address, RecordedReward>,
 }
 
 /// The chain and contract a Swarm's members live on, as the operator must address them.

@@ -552,7 +552,10 @@ fn model_sources_are_well_formed() {
         name: "HF Token".into(),
         key: "token".into(),
     });
-    rejected(&private, "model.source.hub.tokenSecret.name must name a Secret");
+    rejected(
+        &private,
+        "model.source.hub.tokenSecret.name must name a Secret",
+    );
     let mut s = swarm("demo");
     s.spec.model.source.pvc.as_mut().unwrap().claim_name = "My_Models".into();
     rejected(

@@ -455,6 +455,66 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
         "a re-run sends no transaction"
     );
 
+    // 5b. The member records rewards for two rounds; the Swarm's next pass shows its latest round
+    //     and rewards in the member's status, under the progress field manager, with one read of
+    //     the chain's logs.
+    let member_client = LedgerClient::connect(
+        &chain.url(),
+        CHAIN_ID,
+        member_signer(&member_key).unwrap(),
+        contract,
+        ledger_options(),
+    )
+    .await
+    .unwrap();
+    for (round, reward) in [(0, 0.25), (1, 0.5)] {
+        member_client
+            .submit_reward(round, swarm_ledger::scaled_reward(reward))
+            .await
+            .unwrap();
+    }
+    let mut swarm_one = swarm2.clone();
+    swarm_one.spec.replicas = 1;
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    let (answer, op_secret, listed) = (
+        swarm_one.clone(),
+        operator_secret.clone(),
+        serde_json::to_value(&member1).unwrap(),
+    );
+    run(
+        server,
+        |mut server| async move {
+            server.get(PVC).await.ok(&json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "models", "namespace": NS},
+            }));
+            server.get(MEMBERS).await.ok(&json!({
+                "apiVersion": "rlswarm.dev/v1alpha1", "kind": "SwarmMemberList",
+                "metadata": {"resourceVersion": "300"}, "items": [listed.clone()],
+            }));
+            for path in [SERVICE, CONFIG_MAP] {
+                server.apply(path).await.applied();
+            }
+            server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
+            answer_status(server.apply(SWARM_STATUS).await, &answer);
+            let progress = server.expect(Method::PATCH, MEMBER_STATUS).await;
+            assert_eq!(
+                progress.query("fieldManager"),
+                Some(swarm_operator::api::PROGRESS_FIELD_MANAGER)
+            );
+            assert_eq!(
+                progress.body["status"],
+                json!({"round": 1, "lastReward": 0.5, "totalReward": 0.75})
+            );
+            progress.ok(&listed);
+            server
+        },
+        swarm::reconcile(ctx.clone(), swarm_one),
+    )
+    .await
+    .unwrap();
+
     // 6. Scaled away (replicas 0): the member leaves the ledger, then its finalizer goes.
     let mut leaving = member1;
     leaving.metadata.deletion_timestamp = Some(Time(Timestamp::now()));

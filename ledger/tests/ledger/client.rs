@@ -120,6 +120,22 @@ async fn repeated_changes_are_recorded_once() {
         ));
     }
     assert_eq!(nonce(&member.client).await, member_nonce + 4);
+    // Each reward is on record once, with the member's total after it; a later read from the
+    // block after the last one seen finds nothing new.
+    let recorded = owner.rewards_since(0).await.unwrap();
+    assert_eq!(
+        recorded
+            .iter()
+            .map(|r| (r.round, r.account, r.reward, r.total_reward))
+            .collect::<Vec<_>>(),
+        [
+            (0, account, I256::ONE, I256::ONE),
+            (1, account, I256::ONE, I256::try_from(2).unwrap())
+        ]
+    );
+    assert!(recorded[0].block < recorded[1].block);
+    let after = recorded[1].block + 1;
+    assert!(owner.rewards_since(after).await.unwrap().is_empty());
     let record = owner.member_by_account(account).await.unwrap().unwrap();
     assert_eq!(
         (record.total_reward, record.reward_submissions, record.wins),

@@ -55,7 +55,7 @@ pub struct SwarmMemberStatus {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// Latest round the member reported.
+    /// Latest round the member recorded on the Swarm's ledger (empty without a ledger).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +83,20 @@ pub struct SwarmMemberStatus {
     /// The member's account on the Swarm's ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<MemberLedgerStatus>,
+}
+
+impl SwarmMemberStatus {
+    /// The status as the member controller writes it: `round`, `lastReward` and `totalReward`
+    /// belong to the Swarm's ledger pass, under its own field manager
+    /// ([`super::PROGRESS_FIELD_MANAGER`]), so the member controller's writes never turn them back.
+    pub fn without_progress(&self) -> Self {
+        SwarmMemberStatus {
+            round: None,
+            last_reward: None,
+            total_reward: None,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

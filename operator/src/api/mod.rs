@@ -12,6 +12,10 @@ pub const API_GROUP: &str = "rlswarm.dev";
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "rl-swarm-operator";
 
+/// Field manager of the members' `round`, `lastReward` and `totalReward`, which the Swarm's ledger
+/// pass writes from the ledger's records.
+pub const PROGRESS_FIELD_MANAGER: &str = "rl-swarm-operator-progress";
+
 /// Labels every child carries.
 pub mod labels {
     pub const NAME: &str = "app.kubernetes.io/name";

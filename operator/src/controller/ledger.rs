@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::U256;
@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use swarm_identity::MemberKey;
 use swarm_ledger::{
-    Address, LedgerClient, LedgerOptions, Outcome, PrivateKeySigner, RetryPolicy, member_signer,
+    Address, LedgerClient, LedgerOptions, Outcome, PrivateKeySigner, RecordedReward, RetryPolicy,
+    member_signer,
 };
 use tokio::sync::OwnedMutexGuard;
 use zeroize::Zeroizing;
@@ -30,6 +31,74 @@ use crate::ledger::{
     LedgerProblem, LedgerState, LedgerTarget, MAX_ADVANCES_PER_RECONCILE, display_url,
     expected_round, ledger_target, member_funding, redact, top_up,
 };
+
+/// Least time between two reads of one Swarm's recorded rewards.
+const REWARDS_POLL: Duration = Duration::from_secs(10);
+
+/// What the operator has read of each Swarm's recorded rewards (one `eth_getLogs` from the block
+/// after the last one read, at most every [`REWARDS_POLL`]), so that members' status can show
+/// their rounds and rewards. Starts from the first block again after an operator restart.
+#[derive(Default)]
+pub struct Rewards {
+    swarms: Mutex<HashMap<String, RewardsRead>>,
+}
+
+#[derive(Clone, Default)]
+struct RewardsRead {
+    next_block: u64,
+    at: Option<Instant>,
+    latest: HashMap<Address, RecordedReward>,
+}
+
+impl Rewards {
+    /// The latest recorded reward of every account of the Swarm with `uid`, reading what was
+    /// recorded since the last read unless that was less than [`REWARDS_POLL`] ago.
+    pub async fn latest(
+        &self,
+        uid: &str,
+        client: &LedgerClient,
+        now: Instant,
+    ) -> Result<HashMap<Address, RecordedReward>, swarm_ledger::LedgerError> {
+        let mut read = self
+            .swarms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+            .unwrap_or_default();
+        if read
+            .at
+            .is_some_and(|at| now.duration_since(at) < REWARDS_POLL)
+        {
+            return Ok(read.latest);
+        }
+        for record in client.rewards_since(read.next_block).await? {
+            read.next_block = read.next_block.max(record.block + 1);
+            let newer = read
+                .latest
+                .get(&record.account)
+                .is_none_or(|known| known.round <= record.round);
+            if newer {
+                read.latest.insert(record.account, record);
+            }
+        }
+        read.at = Some(now);
+        let latest = read.latest.clone();
+        self.swarms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned(), read);
+        Ok(latest)
+    }
+
+    /// Forgets a deleted Swarm.
+    pub fn forget(&self, uid: &str) {
+        self.swarms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+}
 
 /// Clients of the operator accounts in use, and the lock that makes each account's writer unique.
 pub struct Ledgers {
@@ -369,6 +438,7 @@ pub async fn set_up(
                 operator: writer.operator(),
                 deployed,
                 round: 0,
+                rewards: HashMap::new(),
             });
         }
         writer.owned_client(contract).await?;
@@ -378,11 +448,22 @@ pub async fn set_up(
             0
         };
         let round = writer.advance_rounds(contract, expected).await?;
+        let rewards = if advance {
+            let client = writer.client(contract).await?;
+            let uid = swarm.metadata.uid.clone().unwrap_or_default();
+            ctx.rewards
+                .latest(&uid, &client, Instant::now())
+                .await
+                .map_err(|e| writer.problem(&e))?
+        } else {
+            HashMap::new()
+        };
         Ok(LedgerState {
             contract,
             operator: writer.operator(),
             deployed,
             round,
+            rewards,
         })
     }
     .await;

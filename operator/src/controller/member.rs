@@ -76,7 +76,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 ..member.status.clone().unwrap_or_default()
             };
             if member.status.as_ref() != Some(&status) {
-                apply_status(&member, &status, ctx.client.clone()).await?;
+                apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;
             }
             return Err(error);
         }
@@ -239,7 +239,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     )];
     status.conditions.extend(registered);
     if status != prior {
-        apply_status(&member, &status, ctx.client.clone()).await?;
+        apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;
     }
     Ok(Action::requeue(requeue))
 }

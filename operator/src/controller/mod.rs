@@ -37,6 +37,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub pod_settings: PodSettings,
     pub ledgers: ledger::Ledgers,
+    pub rewards: ledger::Rewards,
     /// Whether this replica may write to ledgers now: it holds the leader Lease, or runs alone.
     pub leader: Arc<AtomicBool>,
     retries: RetryBackoff,
@@ -55,6 +56,7 @@ impl Context {
             metrics,
             pod_settings,
             ledgers: ledger::Ledgers::default(),
+            rewards: ledger::Rewards::default(),
             leader: Arc::new(AtomicBool::new(true)),
             retries: RetryBackoff::default(),
         }

@@ -1,24 +1,25 @@
 //! Swarm controller: members, the headless Service, the node ConfigMap and the aggregated status.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
-use crate::api::{Swarm, SwarmMember, conditions, labels};
+use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions, labels};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
 };
 use crate::error::{Error, KubeContext, Result};
 use crate::ledger::{SWARM_FINALIZER, retry_delay, until_next_round};
-use crate::status::{SpecProblem, swarm_status};
+use crate::status::{SpecProblem, TrainingProgress, swarm_status};
+use swarm_ledger::{Address, RecordedReward};
 
 /// Periodic re-check even without changes, e.g. for a model volume created after the Swarm.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -37,6 +38,8 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     let members_api: Api<SwarmMember> = Api::namespaced(client.clone(), &namespace);
     let swarms_api: Api<Swarm> = Api::namespaced(client.clone(), &namespace);
     if swarm.metadata.deletion_timestamp.is_some() {
+        ctx.rewards
+            .forget(swarm.metadata.uid.as_deref().unwrap_or_default());
         return finish_deletion(&swarm, &swarms_api, &members_api).await;
     }
     let reference = swarm.object_ref(&());
@@ -130,6 +133,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     let mut requeue = RESYNC;
     match &ledger {
         Some(Ok(state)) => {
+            show_progress(&members_api, &members, &state.rewards).await?;
             if state.deployed {
                 ctx.event(
                     &reference,
@@ -202,6 +206,41 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         return Ok(Action::requeue(RECHECK_PROBLEM.min(requeue)));
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Shows each member's latest recorded round and rewards in its status, under its own field
+/// manager; only members whose status does not show them yet are written.
+async fn show_progress(
+    members_api: &Api<SwarmMember>,
+    members: &[SwarmMember],
+    rewards: &HashMap<Address, RecordedReward>,
+) -> Result<()> {
+    for member in members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+    {
+        let Some(progress) = TrainingProgress::update_for(member, rewards) else {
+            continue;
+        };
+        let name = member.name_any();
+        members_api
+            .patch_status(
+                &name,
+                &PatchParams::apply(PROGRESS_FIELD_MANAGER).force(),
+                &Patch::Apply(serde_json::json!({
+                    "apiVersion": SwarmMember::api_version(&()),
+                    "kind": SwarmMember::kind(&()),
+                    "status": {
+                        "round": progress.round,
+                        "lastReward": progress.last_reward,
+                        "totalReward": progress.total_reward,
+                    },
+                })),
+            )
+            .await
+            .context(|| format!("write the progress of member {name}"))?;
+    }
+    Ok(())
 }
 
 /// When the Swarm's ledger started failing for `reason`, if its status already says so.

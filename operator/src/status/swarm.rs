@@ -359,6 +359,7 @@ mod tests {
             operator: swarm_ledger::Address::ZERO,
             deployed: true,
             round: 0,
+            rewards: Default::default(),
         };
         let up = swarm_status(
             &swarm,
