@@ -80,12 +80,11 @@ fn observe_download(statuses: &[ContainerStatus]) -> Option<ModelDownload> {
     if let Some(done) = &state.terminated
         && done.exit_code == 0
     {
+        // Only `swarm-node fetch-model` writes this message; without it the commit is unknown.
         let message = done.message.as_deref().unwrap_or_default().trim();
+        let commit = message.strip_prefix("commit ")?;
         return Some(ModelDownload::Done {
-            commit: message
-                .strip_prefix("commit ")
-                .unwrap_or(message)
-                .to_owned(),
+            commit: commit.to_owned(),
         });
     }
     if state.running.is_some() {
@@ -193,11 +192,14 @@ pub fn observe_pod(pod: Option<&Pod>) -> PodObservation {
             observation(MemberPhase::Starting, download_message.clone())
         }
         _ => {
-            let waiting = status
-                .container_statuses
-                .unwrap_or_default()
+            // An init container that cannot start (its token Secret missing, its image not
+            // pulled) holds the node container in PodInitializing: its reason is the one to show.
+            let init_containers = status.init_container_statuses.unwrap_or_default();
+            let waiting = init_containers
                 .into_iter()
-                .find_map(|c| c.state.and_then(|s| s.waiting));
+                .chain(status.container_statuses.unwrap_or_default())
+                .filter_map(|c| c.state.and_then(|s| s.waiting))
+                .find(|w| w.reason.as_deref() != Some("PodInitializing"));
             let message = match waiting {
                 Some(w) => match (w.reason, w.message) {
                     (Some(reason), Some(message)) => format!("{reason}: {message}"),
@@ -397,6 +399,32 @@ mod tests {
             "already shown"
         );
         assert_eq!(TrainingProgress::update_for(&member, &HashMap::new()), None);
+    }
+
+    #[test]
+    fn an_init_container_that_cannot_start_names_its_reason() {
+        let message = "secret \"hf-token\" not found";
+        let waiting_init = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CreateContainerConfigError".into()),
+                message: Some(message.into()),
+            }),
+            ..Default::default()
+        };
+        let pod = waiting(
+            fetch_model(pod(Some("gpu-0"), "Pending", &[]), waiting_init, None),
+            "PodInitializing",
+            "",
+        );
+        let seen = observe_pod(Some(&pod));
+        assert_eq!(seen.phase, MemberPhase::Starting);
+        assert_eq!(
+            seen.message.unwrap(),
+            format!("CreateContainerConfigError: {message}")
+        );
+        // A download that ended without fetch-model's message has no known commit.
+        let quiet = fetch_model(pod.clone(), terminated(0, ""), None);
+        assert_eq!(observe_pod(Some(&quiet)).model, None);
     }
 
     #[test]
