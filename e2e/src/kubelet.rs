@@ -118,6 +118,8 @@ struct State {
 struct Running {
     child: Child,
     launch: Launch,
+    /// Which process runs: init container `stage`, or the pod's container once past them.
+    stage: usize,
     /// When an exited process may start again, and the delay after the next exit.
     restart_at: Option<Instant>,
     restart_delay: Duration,
@@ -133,6 +135,19 @@ struct Launch {
     /// The pod network's address of the pod.
     address: Ipv4Addr,
     files: Files,
+    /// Files in `root` the process's stdout and stderr go to.
+    stdout: String,
+    stderr: String,
+    /// The pod's init containers, run to completion in order before this one starts (a failed
+    /// one is run again after the restart delay, as the kubelet does).
+    init: Vec<Launch>,
+}
+
+impl Launch {
+    /// The process of `stage`: an init container, or this (the pod's) container after them.
+    fn stage(&self, stage: usize) -> &Launch {
+        self.init.get(stage).unwrap_or(self)
+    }
 }
 
 /// A pod's Secret and ConfigMap volumes, which the kubelet keeps up to date as the objects change.
@@ -369,7 +384,7 @@ async fn sync(state: &Arc<Mutex<State>>) {
 fn launch_new(state: &Arc<Mutex<State>>, pod: &Pod, launch: Launch) {
     let name = pod.name_any();
     let uid = pod.uid().unwrap_or_default();
-    match spawn(&launch) {
+    match spawn(launch.stage(0)) {
         Ok(child) => {
             let mut guard = lock(state);
             guard.instances.push(Instance {
@@ -386,6 +401,7 @@ fn launch_new(state: &Arc<Mutex<State>>, pod: &Pod, launch: Launch) {
                 Running {
                     child,
                     launch,
+                    stage: 0,
                     restart_at: None,
                     restart_delay: RESTART_DELAY,
                 },
@@ -431,7 +447,7 @@ fn restart_exited(state: &Arc<Mutex<State>>) {
                     continue;
                 }
                 process.restart_at = None;
-                match spawn(&process.launch) {
+                match spawn(process.launch.stage(process.stage)) {
                     Ok(child) => {
                         process.child = child;
                         if let Some(instance) = instances.iter_mut().rev().find(|i| &i.uid == uid) {
@@ -442,6 +458,16 @@ fn restart_exited(state: &Arc<Mutex<State>>) {
                     Err(err) => notes.push(format!("{uid}: cannot restart: {err}")),
                 }
             } else if let Ok(Some(status)) = process.child.try_wait() {
+                if process.stage < process.launch.init.len() && status.success() {
+                    // An init container is done: the next one, or the pod's container, starts now.
+                    process.stage += 1;
+                    match spawn(process.launch.stage(process.stage)) {
+                        Ok(child) => process.child = child,
+                        Err(err) => notes.push(format!("{uid}: cannot start: {err}")),
+                    }
+                    notes.push(format!("{uid}: init container done"));
+                    continue;
+                }
                 process.restart_at = Some(Instant::now() + process.restart_delay);
                 process.restart_delay = (process.restart_delay * 2).min(RESTART_DELAY_CAP);
                 notes.push(format!("{uid}: exited with {status}"));
@@ -468,8 +494,8 @@ fn spawn(launch: &Launch) -> std::io::Result<Child> {
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&launch.root)
         .stdin(Stdio::null())
-        .stdout(open("stdout.jsonl")?)
-        .stderr(open("node.log")?)
+        .stdout(open(&launch.stdout)?)
+        .stderr(open(&launch.stderr)?)
         .spawn()
 }
 
@@ -491,14 +517,13 @@ fn inherited_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Resolves everything the pod's container needs: mounts, env, command.
+/// Resolves everything the pod's container and its init containers need: mounts, env, command.
 async fn prepare(
     state: &Arc<Mutex<State>>,
     client: &Client,
     pod: &Pod,
 ) -> Result<Launch, PodError> {
     let name = pod.name_any();
-    let namespace = pod.namespace().unwrap_or_default();
     let uid = pod.uid().unwrap_or_default();
     let spec = pod
         .spec
@@ -519,13 +544,64 @@ async fn prepare(
         let address = address_of(&mut guard.addresses, &name);
         (root, guard.node_binary.clone(), address)
     };
-    let create = |path: &Path| {
-        fs::create_dir_all(path).map_err(|source| PodError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    create(&root)?;
+    create_dir(&root)?;
+    let mut main = container_launch(
+        client,
+        state,
+        pod,
+        container,
+        (&root, address, &node_binary),
+        ("stdout.jsonl", "node.log"),
+    )
+    .await?;
+    for init in spec.init_containers.iter().flatten() {
+        let mut launch = container_launch(
+            client,
+            state,
+            pod,
+            init,
+            (&root, address, &node_binary),
+            (
+                &format!("{}.stdout", init.name),
+                &format!("{}.log", init.name),
+            ),
+        )
+        .await?;
+        // The termination message goes to a file of the pod's, not to the host's /dev.
+        if let Some(path) = &init.termination_message_path {
+            let message = root.join(format!("{}.termination-log", init.name));
+            for arg in &mut launch.args {
+                if arg == path {
+                    *arg = message.display().to_string();
+                }
+            }
+        }
+        main.init.push(launch);
+    }
+    Ok(main)
+}
+
+fn create_dir(path: &Path) -> Result<(), PodError> {
+    fs::create_dir_all(path).map_err(|source| PodError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One container's process: its mounts (Secret and ConfigMap files written), env, command.
+async fn container_launch(
+    client: &Client,
+    state: &Arc<Mutex<State>>,
+    pod: &Pod,
+    container: &Container,
+    (root, address, node_binary): (&Path, Ipv4Addr, &Path),
+    (stdout, stderr): (&str, &str),
+) -> Result<Launch, PodError> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| PodError::Unsupported("no spec".into()))?;
 
     // Where each mount really is; Secret and ConfigMap files are written once all mounts are
     // known, since their contents may name other mounts' paths.
@@ -540,11 +616,11 @@ async fn prepare(
             .ok_or_else(|| PodError::Unsupported(format!("no volume {}", mount.name)))?;
         let local = root.join(mount.mount_path.trim_start_matches('/'));
         let target = if volume.secret.is_some() || volume.config_map.is_some() {
-            create(&local)?;
+            create_dir(&local)?;
             projected.push((volume.clone(), local.clone()));
             local
         } else if volume.empty_dir.is_some() {
-            create(&local)?;
+            create_dir(&local)?;
             local
         } else if let Some(claim) = &volume.persistent_volume_claim {
             claim_path(client, &namespace, &claim.claim_name).await?
@@ -570,7 +646,7 @@ async fn prepare(
             .command
             .as_ref()
             .and_then(|c| c.first())
-            .map_or(node_binary, PathBuf::from),
+            .map_or_else(|| node_binary.to_owned(), PathBuf::from),
         args: container
             .command
             .iter()
@@ -580,9 +656,12 @@ async fn prepare(
             .cloned()
             .collect(),
         env,
-        root,
+        root: root.to_owned(),
         address,
         files,
+        stdout: stdout.to_owned(),
+        stderr: stderr.to_owned(),
+        init: Vec::new(),
     })
 }
 

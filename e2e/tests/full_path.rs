@@ -235,6 +235,76 @@ impl Choices {
 /// Afterwards the swarm must settle and these must hold: no two live members share an identity,
 /// every live member is registered exactly once, no member has two submissions for one round, and
 /// the Swarm's status matches the members, pods and processes.
+/// A hub model: each member pod's `fetch-model` init container downloads it, from the stand-in Hub
+/// the member template's `HF_ENDPOINT` names, into the member's checkpoint volume; the node trains
+/// on it; a replaced pod finds it there and downloads nothing.
+#[tokio::test]
+async fn members_train_on_a_hub_model_their_init_container_downloads_once() {
+    use swarm_hub::test_server::{TAGGED_COMMIT, serve};
+    let hub = serve();
+    let bed = Testbed::new("hub").await;
+    let yaml = bed
+        .swarm_yaml(2)
+        .replace(
+            "      pvc: {claimName: tiny-model}\n",
+            "      hub: {id: tests/learning-base, revision: v1}\n",
+        )
+        .replace(
+            "      requests: {cpu: 100m, memory: 512Mi}\n",
+            &format!(
+                "      requests: {{cpu: 100m, memory: 512Mi}}\n    env: [{{name: HF_ENDPOINT, value: \"{}\"}}]\n",
+                hub.endpoint
+            ),
+        );
+    assert!(yaml.contains("tests/learning-base") && yaml.contains("HF_ENDPOINT"));
+    bed.f.apply_yaml(&yaml);
+    bed.wait_members(2).await;
+    bed.wait_training_together(2).await;
+    for (pod, instance) in bed.kubelet.running() {
+        let message =
+            std::fs::read_to_string(instance.root.join("fetch-model.termination-log")).unwrap();
+        assert_eq!(message, format!("commit {TAGGED_COMMIT}"), "{pod}");
+        let log = instance.log_tail(200);
+        assert!(
+            log.contains("hub model ready") && log.contains(TAGGED_COMMIT),
+            "{log}"
+        );
+        assert!(
+            !log.contains("downloading the model"),
+            "the node found it: {log}"
+        );
+    }
+    let downloads =
+        |hub: &swarm_hub::test_server::FakeHub| hub.log.lock().unwrap().weight_ranges.len();
+    assert_eq!(downloads(&hub), 2, "one download per member");
+
+    let victim = format!("{SWARM}-0");
+    let before = newest(&bed.kubelet, &victim).uid;
+    bed.f
+        .api::<Pod>()
+        .delete(&victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    bed.wait(
+        &format!("{victim} to run again and train"),
+        TRAINING,
+        || async {
+            let instance = newest(&bed.kubelet, &victim);
+            if instance.uid != before && instance.running && !instance.rounds().is_empty() {
+                Ok(())
+            } else {
+                Err(instance.log_tail(5))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        downloads(&hub),
+        2,
+        "the replaced pod found the model on its volume"
+    );
+}
+
 #[tokio::test]
 async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_the_invariants() {
     let seconds: u64 = std::env::var("E2E_SOAK_SECONDS")
