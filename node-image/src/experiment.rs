@@ -23,6 +23,7 @@ use std::time::Instant;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use swarm_chart::{LineChart, Series};
 use swarm_node_config::{SharingPolicy, TaskFamily, TrainingConfig};
 use swarm_p2p::{Expectations, Limits, PeerId, SharedGroup, TokenCounter};
@@ -127,6 +128,10 @@ pub struct Experiment {
     /// Worker threads the members are spread over.
     pub threads: usize,
     pub out: PathBuf,
+    /// Keep the runs an earlier invocation wrote to `out/experiment.json` (same members, rounds,
+    /// training settings, model and evaluation set) and run only the missing arm-seed pairs, so
+    /// a comparison can be split over several invocations and still be summarised as one.
+    pub resume: bool,
 }
 
 impl Experiment {
@@ -268,9 +273,40 @@ pub struct Results {
     pub rounds: u64,
     pub seeds: Vec<u64>,
     pub training: TrainingConfig,
+    /// SHA-256 of the base model's files, so resumed runs start from the same weights.
+    #[serde(default)]
+    pub model: String,
     /// The held-out families and the number of distinct questions of each.
     pub evaluation: BTreeMap<String, usize>,
     pub runs: Vec<Run>,
+}
+
+impl Results {
+    /// Why the runs in `self` cannot be summarised with runs made under `fresh`'s settings.
+    fn incompatibility(&self, fresh: &Results) -> Option<&'static str> {
+        if self.members != fresh.members {
+            Some("members")
+        } else if self.rounds != fresh.rounds {
+            Some("rounds")
+        } else if self.training != fresh.training {
+            Some("training settings")
+        } else if self.model != fresh.model {
+            Some("base model")
+        } else if self.evaluation != fresh.evaluation {
+            Some("evaluation set")
+        } else {
+            None
+        }
+    }
+
+    /// The arm-seed pairs of `arms` × `seeds` without a run yet, seed by seed.
+    fn missing(&self, arms: &[Arm], seeds: &[u64]) -> Vec<(u64, Arm)> {
+        seeds
+            .iter()
+            .flat_map(|&seed| arms.iter().map(move |&arm| (seed, arm)))
+            .filter(|&(seed, arm)| !self.runs.iter().any(|r| r.seed == seed && r.arm == arm))
+            .collect()
+    }
 }
 
 /// An arm's numbers over its seeds.
@@ -318,40 +354,83 @@ pub fn run(experiment: &Experiment) -> Result<Results, ExperimentError> {
         rounds: experiment.rounds,
         seeds: experiment.seeds.clone(),
         training: experiment.training.clone(),
+        model: model_digest(&experiment.model)?,
         evaluation: evaluation
             .iter()
             .map(|(family, questions)| (family.clone(), questions.len()))
             .collect(),
         runs: Vec::new(),
     };
-    let arms = experiment.arms();
-    let total = arms.len() * experiment.seeds.len();
-    let started = Instant::now();
-    for &seed in &experiment.seeds {
-        for arm in &arms {
-            let run = run_arm(experiment, *arm, seed, &evaluation)?;
-            let (first, last) = run.quarters();
-            println!(
-                "[{:>3}/{total}] seed {seed} {:<16} cumulative reward {:>8.2}  reward {:.3} -> {:.3}  \
-                 held-out {:.3} -> {:.3}  ({:.0} s, {:.0} s in all)",
-                results.runs.len() + 1,
-                arm.label(),
-                run.cumulative_reward(),
-                first,
-                last,
-                run.evaluation(false),
-                run.evaluation(true),
-                run.seconds,
-                started.elapsed().as_secs_f64()
-            );
-            results.runs.push(run);
-            // Written after every run, so an interrupted comparison keeps what it finished.
-            write_json(&experiment.out.join("experiment.json"), &results)?;
+    let json_path = experiment.out.join("experiment.json");
+    if experiment.resume && json_path.exists() {
+        let prior: Results = fs::read(&json_path)
+            .map_err(io(&json_path))
+            .and_then(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|err| {
+                    ExperimentError::Invalid(format!("{}: {err}", json_path.display()))
+                })
+            })?;
+        if let Some(what) = prior.incompatibility(&results) {
+            return Err(ExperimentError::Invalid(format!(
+                "{} was made with other {what}: resume it with the same settings, or write to \
+                 another --out",
+                json_path.display()
+            )));
         }
+        results.runs = prior.runs;
+        for seed in prior.seeds {
+            if !results.seeds.contains(&seed) {
+                results.seeds.push(seed);
+            }
+        }
+        println!(
+            "resuming: {} runs kept from {}",
+            results.runs.len(),
+            json_path.display()
+        );
+    }
+    let pending = results.missing(&experiment.arms(), &experiment.seeds);
+    let total = pending.len();
+    let started = Instant::now();
+    for (done, (seed, arm)) in pending.into_iter().enumerate() {
+        let run = run_arm(experiment, arm, seed, &evaluation)?;
+        let (first, last) = run.quarters();
+        println!(
+            "[{:>3}/{total}] seed {seed} {:<16} cumulative reward {:>8.2}  reward {:.3} -> {:.3}  \
+             held-out {:.3} -> {:.3}  ({:.0} s, {:.0} s in all)",
+            done + 1,
+            arm.label(),
+            run.cumulative_reward(),
+            first,
+            last,
+            run.evaluation(false),
+            run.evaluation(true),
+            run.seconds,
+            started.elapsed().as_secs_f64()
+        );
+        results.runs.push(run);
+        // Written after every run, so an interrupted comparison keeps what it finished.
+        write_json(&json_path, &results)?;
     }
     let summaries = summarise(&results);
     write_chart(&experiment.out.join("reward.png"), &results, &summaries)?;
     Ok(results)
+}
+
+/// SHA-256 over the names and contents of the files in the model directory, in name order.
+fn model_digest(dir: &Path) -> Result<String, ExperimentError> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io(dir))?
+        .map(|entry| entry.map(|e| e.path()).map_err(io(dir)))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|path| path.is_file());
+    paths.sort();
+    let mut hasher = Sha256::new();
+    for path in paths {
+        hasher.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update(fs::read(&path).map_err(io(&path))?);
+    }
+    Ok(hex::encode(&hasher.finalize()[..]))
 }
 
 /// The families members are evaluated on: every family any member trains on (all of them when
@@ -849,9 +928,45 @@ mod tests {
             rounds: 4,
             seeds: vec![1, 2],
             training: TrainingConfig::default(),
+            model: "ab12".into(),
             evaluation: BTreeMap::new(),
             runs,
         }
+    }
+
+    /// A resumed comparison runs only the arm-seed pairs the earlier one did not finish, seed by
+    /// seed, and refuses runs made with other settings.
+    #[test]
+    fn resuming_runs_only_what_is_missing_under_the_same_settings() {
+        let prior = results(vec![
+            run(ISOLATED, 1, &[&[0.1; 4]]),
+            run(SHARED, 1, &[&[0.2; 4]]),
+        ]);
+        let plain = Arm {
+            policy: Some(SharingPolicy::Plain),
+            ..SHARED
+        };
+        assert_eq!(
+            prior.missing(&[ISOLATED, SHARED, plain], &[1, 2]),
+            [(1, plain), (2, ISOLATED), (2, SHARED), (2, plain)]
+        );
+        assert_eq!(prior.incompatibility(&results(Vec::new())), None);
+        let other_model = Results {
+            model: "cd34".into(),
+            ..results(Vec::new())
+        };
+        assert_eq!(prior.incompatibility(&other_model), Some("base model"));
+        let mut other_training = results(Vec::new());
+        other_training.training.learning_rate *= 2.0;
+        assert_eq!(
+            prior.incompatibility(&other_training),
+            Some("training settings")
+        );
+        let fewer_rounds = Results {
+            rounds: 2,
+            ..results(Vec::new())
+        };
+        assert_eq!(prior.incompatibility(&fewer_rounds), Some("rounds"));
     }
 
     #[test]
@@ -918,6 +1033,7 @@ mod tests {
             evaluation_questions: 1,
             threads: 1,
             out: PathBuf::new(),
+            resume: false,
         };
         let labels: Vec<String> = experiment.arms().iter().map(Arm::label).collect();
         assert_eq!(labels, ["8/0", "4/4 plain", "4/4 positive"]);

@@ -263,6 +263,10 @@ struct ExperimentArgs {
     /// Output directory: experiment.json, reward.png.
     #[arg(long, default_value = "sapo-experiment")]
     out: PathBuf,
+    /// Keep the runs already in OUT/experiment.json (made with the same settings and base model)
+    /// and run only the missing arm-seed pairs; the summary covers them all.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> ExitCode {
@@ -508,6 +512,7 @@ fn run_experiment(args: ExperimentArgs) -> ExitCode {
         evaluation_questions: args.evaluation_questions,
         threads: args.threads,
         out: args.out,
+        resume: args.resume,
     };
     // Members train in lockstep threads; each op on one core is fastest for models this small.
     tch::set_num_threads(1);
