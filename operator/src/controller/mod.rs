@@ -19,7 +19,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -311,24 +311,6 @@ fn error_policy<K: Resource>(
     Action::requeue(delay)
 }
 
-/// Remembers the last generation seen of each object, to tell spec changes from status updates.
-#[derive(Default)]
-struct GenerationTracker {
-    seen: Mutex<HashMap<String, Option<i64>>>,
-}
-
-impl GenerationTracker {
-    fn changed<K: Resource>(&self, object: &K) -> bool {
-        let generation = object.meta().generation;
-        let previous = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(object_key(object), generation);
-        previous != Some(generation)
-    }
-}
-
 /// Builds namespaced or cluster-wide Apis for the operator's scope.
 struct Scoped {
     client: Client,
@@ -393,30 +375,28 @@ pub async fn run(
     );
     let member_store = members.store();
     let secret_store = member_store.clone();
-    let spec_changes = GenerationTracker::default();
+    // Members depend on the Swarm's spec only; its status changes with every member and must not
+    // re-reconcile all of them each time, so only new generations pass.
+    let swarm_spec_changes = watcher(
+        scoped.of::<DeserializeGuard<Swarm>>(),
+        watcher::Config::default(),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
     let member_controller = members
         .owns(scoped.of::<Pod>(), managed.clone())
-        .watches(
-            scoped.of::<DeserializeGuard<Swarm>>(),
-            watcher::Config::default(),
-            move |swarm| {
-                // Members depend on the Swarm's spec only; its status changes with every member and
-                // must not re-reconcile all of them each time.
-                if !spec_changes.changed(&swarm) {
-                    return Vec::new();
-                }
-                let namespace = swarm.namespace();
-                let name = swarm.name_any();
-                member_store
-                    .state()
-                    .into_iter()
-                    .filter(|m| {
-                        m.namespace() == namespace && m.labels().get(labels::SWARM) == Some(&name)
-                    })
-                    .map(|m| ObjectRef::from_obj(m.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(swarm_spec_changes, move |swarm| {
+            let namespace = swarm.namespace();
+            let name = swarm.name_any();
+            member_store
+                .state()
+                .into_iter()
+                .filter(|m| {
+                    m.namespace() == namespace && m.labels().get(labels::SWARM) == Some(&name)
+                })
+                .map(|m| ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches(scoped.of::<Secret>(), managed, move |secret| {
             let namespace = secret.namespace();
             let member = secret.labels().get(labels::MEMBER).cloned();
@@ -445,19 +425,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures;
-
-    #[test]
-    fn generation_tracker_sees_spec_changes_only() {
-        let tracker = GenerationTracker::default();
-        let mut swarm = fixtures::swarm(2);
-        assert!(tracker.changed(&swarm), "first sight");
-        swarm.status = Some(Default::default());
-        assert!(!tracker.changed(&swarm), "status update, same generation");
-        swarm.metadata.generation = Some(2);
-        assert!(tracker.changed(&swarm), "spec change");
-        assert!(!tracker.changed(&swarm));
-    }
 
     #[test]
     fn retry_backoff_doubles_and_resets_on_success() {
