@@ -15,7 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
@@ -28,6 +28,7 @@ use swarm_operator::build::{PodSettings, build_member, build_member_pod};
 use swarm_operator::controller::{Context, guarded, member, swarm};
 use swarm_operator::leader::LeaseLock;
 use swarm_operator::metrics::Metrics;
+use swarm_operator::status::Readiness;
 
 use support::{ApiServer, Captured, Exchange, mock_client, run, stored};
 
@@ -108,6 +109,19 @@ fn member_status(
         message: message.map(str::to_owned),
         ..Default::default()
     }
+}
+
+/// The Ready condition the member controller writes for `readiness`.
+fn condition_of(readiness: Readiness) -> Condition {
+    swarm_operator::status::condition(
+        &[],
+        "Ready",
+        readiness == Readiness::NodeReady,
+        readiness.reason(),
+        String::new(),
+        Some(1),
+        Timestamp::UNIX_EPOCH,
+    )
 }
 
 /// A distinct, valid PeerId per ordinal.
@@ -645,11 +659,11 @@ async fn status_counts_only_running_members_and_names_the_unschedulable_one() {
         member_object(
             &swarm,
             2,
-            Some(member_status(
-                MemberPhase::Pending,
-                Some(peer_id(2)),
-                Some(unschedulable),
-            )),
+            Some(SwarmMemberStatus {
+                // The member controller's typed reason; the message alone degrades nothing.
+                conditions: vec![condition_of(Readiness::Unschedulable)],
+                ..member_status(MemberPhase::Pending, Some(peer_id(2)), Some(unschedulable))
+            }),
         ),
     ];
     let (client, server) = mock_client();

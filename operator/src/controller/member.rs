@@ -25,7 +25,7 @@ use crate::ledger::{
     MEMBER_FINALIZER, Removal, ledger_target, registered_on, registered_status, removal,
     retry_delay,
 };
-use crate::status::{ModelDownload, PodObservation, condition, observe_pod};
+use crate::status::{ModelDownload, PodObservation, Readiness, condition, observe_pod};
 
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon to look again while a pod is terminating or a previous incarnation is being collected.
@@ -105,6 +105,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         ..prior.clone()
     };
     let mut requeue = RESYNC;
+    let mut unschedulable = false;
 
     match pod {
         Some(pod) if !owned_by(&pod, &member) || pod.metadata.deletion_timestamp.is_some() => {
@@ -123,6 +124,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         }
         Some(pod) => {
             let seen = apply_observation(&mut status, &pod);
+            unschedulable = seen.unschedulable;
             status.pod = Some(name.clone());
             match &seen.model {
                 Some(ModelDownload::Done { commit })
@@ -220,16 +222,12 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         None
     };
 
+    let readiness = Readiness::of(status.phase, unschedulable);
     status.conditions = vec![condition(
         &prior.conditions,
         conditions::READY,
-        status.phase == Some(MemberPhase::Running),
-        match status.phase {
-            Some(MemberPhase::Running) => "NodeReady",
-            Some(MemberPhase::Failed) => "PodFailed",
-            Some(MemberPhase::Starting) => "NodeStarting",
-            _ => "PodPending",
-        },
+        readiness == Readiness::NodeReady,
+        readiness.reason(),
         status
             .message
             .clone()

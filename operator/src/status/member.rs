@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use swarm_ledger::{Address, RecordedReward, unscaled_reward};
 
-use crate::api::{MemberPhase, SwarmMember};
+use crate::api::{MemberPhase, SwarmMember, conditions};
 use crate::build::FETCH_MODEL_CONTAINER;
 
 /// A member's latest round and its rewards, as its status shows them (`round`, `lastReward`,
@@ -41,6 +41,64 @@ impl TrainingProgress {
                 Some(progress.total_reward),
             ))
             .then_some(progress)
+    }
+}
+
+/// Whether a member is ready and, if not, why: the reason of its `Ready` condition, which the
+/// Swarm's status reads back (the message is for people; this is for code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    NodeReady,
+    /// No pod yet, or one not scheduled yet, or an earlier pod still going away.
+    PodPending,
+    /// The scheduler cannot place the pod; the Swarm is degraded until it can.
+    Unschedulable,
+    /// Scheduled; init containers, the image or the node itself still starting.
+    NodeStarting,
+    /// The pod failed or vanished; a replacement waits for its backoff.
+    PodFailed,
+}
+
+impl Readiness {
+    const ALL: [Readiness; 5] = [
+        Readiness::NodeReady,
+        Readiness::PodPending,
+        Readiness::Unschedulable,
+        Readiness::NodeStarting,
+        Readiness::PodFailed,
+    ];
+
+    /// From the phase the member's status shows and whether the scheduler refused its pod.
+    pub fn of(phase: Option<MemberPhase>, unschedulable: bool) -> Self {
+        match phase {
+            Some(MemberPhase::Running) => Readiness::NodeReady,
+            Some(MemberPhase::Failed) => Readiness::PodFailed,
+            Some(MemberPhase::Starting) => Readiness::NodeStarting,
+            Some(MemberPhase::Pending) | None if unschedulable => Readiness::Unschedulable,
+            Some(MemberPhase::Pending) | None => Readiness::PodPending,
+        }
+    }
+
+    /// The `Ready` condition's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Readiness::NodeReady => "NodeReady",
+            Readiness::PodPending => "PodPending",
+            Readiness::Unschedulable => "Unschedulable",
+            Readiness::NodeStarting => "NodeStarting",
+            Readiness::PodFailed => "PodFailed",
+        }
+    }
+
+    /// What `member`'s `Ready` condition says, if it has one this operator wrote.
+    pub fn of_member(member: &SwarmMember) -> Option<Self> {
+        let ready = member
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)?;
+        Self::ALL.into_iter().find(|r| r.reason() == ready.reason)
     }
 }
 
@@ -432,6 +490,41 @@ mod tests {
         let seen = observe_pod(None);
         assert_eq!(seen.phase, MemberPhase::Pending);
         assert!(!seen.failed);
+    }
+
+    #[test]
+    fn readiness_names_why_a_member_is_not_ready_and_reads_back_from_its_condition() {
+        assert_eq!(
+            Readiness::of(Some(MemberPhase::Pending), true),
+            Readiness::Unschedulable
+        );
+        assert_eq!(Readiness::of(None, false), Readiness::PodPending);
+        assert_eq!(
+            Readiness::of(Some(MemberPhase::Running), false),
+            Readiness::NodeReady
+        );
+        assert_eq!(
+            Readiness::of(Some(MemberPhase::Failed), true),
+            Readiness::PodFailed
+        );
+        for readiness in Readiness::ALL {
+            let member = SwarmMember {
+                status: Some(crate::api::SwarmMemberStatus {
+                    conditions: vec![crate::status::condition(
+                        &[],
+                        conditions::READY,
+                        readiness == Readiness::NodeReady,
+                        readiness.reason(),
+                        String::new(),
+                        None,
+                        jiff::Timestamp::UNIX_EPOCH,
+                    )],
+                    ..Default::default()
+                }),
+                ..crate::build::fixtures::member(&crate::build::fixtures::swarm(1), 0)
+            };
+            assert_eq!(Readiness::of_member(&member), Some(readiness));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod member;
 mod swarm;
 
-pub use member::{ModelDownload, PodObservation, TrainingProgress, observe_pod};
+pub use member::{ModelDownload, PodObservation, Readiness, TrainingProgress, observe_pod};
 pub use swarm::{SpecProblem, swarm_status};
 
 use jiff::Timestamp;

@@ -1,6 +1,6 @@
 use jiff::Timestamp;
 
-use super::condition;
+use super::{Readiness, condition};
 use crate::api::{
     MemberPhase, Swarm, SwarmLedgerStatus, SwarmMember, SwarmPhase, SwarmStatus, conditions, labels,
 };
@@ -42,10 +42,7 @@ pub fn swarm_status(
         .filter_map(|m| {
             let status = m.status.as_ref()?;
             let stuck = status.phase == Some(MemberPhase::Failed)
-                || status
-                    .message
-                    .as_deref()
-                    .is_some_and(|msg| msg.starts_with("unschedulable"));
+                || Readiness::of_member(m) == Some(Readiness::Unschedulable);
             stuck.then(|| {
                 format!(
                     "{}: {}",
@@ -208,6 +205,42 @@ mod tests {
         member
     }
 
+    fn with_readiness(mut member: SwarmMember, readiness: Readiness) -> SwarmMember {
+        let status = member.status.get_or_insert_with(Default::default);
+        status.conditions = vec![condition(
+            &[],
+            conditions::READY,
+            readiness == Readiness::NodeReady,
+            readiness.reason(),
+            String::new(),
+            None,
+            Timestamp::UNIX_EPOCH,
+        )];
+        member
+    }
+
+    /// The Swarm reads why a member waits from its Ready condition's reason, never from its
+    /// message: a message that merely starts like the scheduler's words degrades nothing.
+    #[test]
+    fn only_the_unschedulable_reason_degrades_a_pending_member() {
+        let swarm = fixtures::swarm(1);
+        let waiting = with_phase(
+            fixtures::member(&swarm, 0),
+            MemberPhase::Pending,
+            Some("unschedulable: said the message"),
+        );
+        let pending = with_readiness(waiting.clone(), Readiness::PodPending);
+        assert_eq!(
+            condition_status(&status_of(&swarm, &[pending]), "Degraded"),
+            ("False", "AsExpected")
+        );
+        let refused = with_readiness(waiting, Readiness::Unschedulable);
+        assert_eq!(
+            condition_status(&status_of(&swarm, &[refused]), "Degraded"),
+            ("True", "MembersNotRunning")
+        );
+    }
+
     fn status_of(swarm: &Swarm, members: &[SwarmMember]) -> SwarmStatus {
         swarm_status(swarm, members, vec![], None, None, Timestamp::UNIX_EPOCH)
     }
@@ -276,10 +309,13 @@ mod tests {
         let swarm = fixtures::swarm(2);
         let members = vec![
             with_phase(fixtures::member(&swarm, 0), MemberPhase::Running, None),
-            with_phase(
-                fixtures::member(&swarm, 1),
-                MemberPhase::Pending,
-                Some("unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+            with_readiness(
+                with_phase(
+                    fixtures::member(&swarm, 1),
+                    MemberPhase::Pending,
+                    Some("unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+                ),
+                Readiness::Unschedulable,
             ),
         ];
         let status = status_of(&swarm, &members);
