@@ -260,6 +260,50 @@ async fn expect_member_apply(server: &mut ApiServer, ordinal: u32) {
 }
 
 /// The headless Service apply, answered as stored.
+/// The Swarm controller gives the new member `demo-<ordinal>` its identity: a GET that finds no
+/// Secret, the Secret's creation (checked), and the member's IdentityCreated Event. Returns the key.
+async fn expect_identity_created(server: &mut ApiServer, ordinal: u32) -> MemberKey {
+    let member = format!("demo-{ordinal}");
+    server
+        .get(&format!("{SECRETS}/{member}-identity"))
+        .await
+        .not_found();
+    let create = server.expect(Method::POST, SECRETS).await;
+    assert_eq!(create.query("fieldManager"), Some("rl-swarm-operator"));
+    let secret: Secret = create.parse();
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some(format!("{member}-identity").as_str())
+    );
+    assert_eq!(secret.immutable, Some(true));
+    let labels = secret.metadata.labels.clone().unwrap();
+    assert_eq!(labels["rlswarm.dev/member"], member);
+    assert_eq!(labels["rlswarm.dev/swarm"], "demo");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "rl-swarm-operator");
+    let owners = secret.metadata.owner_references.clone().unwrap();
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("Swarm", SWARM_UID)
+    );
+    let data = secret.data.clone().unwrap();
+    let key = MemberKey::from_secret_data(&data[PRIVATE_KEY_FILE].0).unwrap();
+    let annotations = secret.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["rlswarm.dev/peer-id"], key.peer_id_string());
+    assert_eq!(annotations["rlswarm.dev/address"], key.address());
+    create.created();
+
+    let event = server.event(NS, "Normal", "IdentityCreated").await;
+    assert_eq!(event["regarding"]["kind"], "SwarmMember");
+    assert_eq!(event["regarding"]["name"], member);
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains(&key.peer_id_string()), "{note}");
+    assert!(
+        !note.contains(&key.secret_data()),
+        "the key must never appear in an event"
+    );
+    key
+}
+
 async fn expect_service_apply(server: &mut ApiServer) {
     let apply = server.apply(SERVICE).await;
     let spec = &apply.body["spec"];
@@ -378,7 +422,7 @@ fn requeue_after(action: &Action) -> Option<Duration> {
 // ----- Swarm controller -----
 
 #[tokio::test]
-async fn swarm_create_applies_every_member_then_service_config_and_status() {
+async fn swarm_create_applies_every_member_and_identity_then_a_complete_config_and_status() {
     let swarm = swarm_object(3);
     let (client, server) = mock_client();
     let ctx = context(client);
@@ -393,11 +437,16 @@ async fn swarm_create_applies_every_member_then_service_config_and_status() {
             for ordinal in 0..3 {
                 expect_member_apply(&mut server, ordinal).await;
             }
+            let mut peers = Vec::new();
+            for ordinal in 0..3 {
+                let key = expect_identity_created(&mut server, ordinal).await;
+                peers.push(multiaddr(&format!("demo-{ordinal}"), &key.peer_id_string()));
+            }
             expect_service_apply(&mut server).await;
             let config = expect_config_apply(&mut server).await;
-            assert!(
-                config.p2p.bootstrap_peers.is_empty(),
-                "no identity is known yet"
+            assert_eq!(
+                config.p2p.bootstrap_peers, peers,
+                "the first pass that sees every identity lists every peer"
             );
             assert_eq!(config.model.path.as_deref(), Some("/models/qwen2.5-0.5b"));
 
@@ -431,7 +480,7 @@ async fn swarm_create_applies_every_member_then_service_config_and_status() {
 }
 
 #[tokio::test]
-async fn scale_up_applies_only_the_new_members_and_bootstraps_from_the_known_ones() {
+async fn scale_up_applies_and_gives_identities_to_the_new_members_only() {
     let swarm = swarm_object(4);
     let existing: Vec<SwarmMember> = (0..2)
         .map(|o| {
@@ -454,10 +503,15 @@ async fn scale_up_applies_only_the_new_members_and_bootstraps_from_the_known_one
             list.ok(&member_list(&existing));
             expect_member_apply(&mut server, 2).await;
             expect_member_apply(&mut server, 3).await;
+            // The known members' PeerIds come from their status; only the new ones' Secrets.
+            let third = expect_identity_created(&mut server, 2).await;
+            let fourth = expect_identity_created(&mut server, 3).await;
             expect_service_apply(&mut server).await;
             let peers = vec![
                 multiaddr("demo-0", &peer_id(0)),
                 multiaddr("demo-1", &peer_id(1)),
+                multiaddr("demo-2", &third.peer_id_string()),
+                multiaddr("demo-3", &fourth.peer_id_string()),
             ];
             let config = expect_config_apply(&mut server).await;
             assert_eq!(config.p2p.bootstrap_peers, peers);
@@ -542,8 +596,10 @@ async fn scale_down_deletes_the_highest_ordinals_first_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn member_deleted_by_hand_is_replaced_under_its_own_name() {
+async fn member_deleted_by_hand_is_replaced_under_its_own_name_and_identity() {
     let swarm = swarm_object(3);
+    let kept = MemberKey::from_hex(KEY).unwrap();
+    let returning = identity_secret("demo-1", &kept);
     let existing: Vec<SwarmMember> = [0, 2]
         .into_iter()
         .map(|o| {
@@ -563,12 +619,18 @@ async fn member_deleted_by_hand_is_replaced_under_its_own_name() {
             server.get(PVC).await.ok(&model_claim());
             server.get(MEMBERS).await.ok(&member_list(&existing));
             expect_member_apply(&mut server, 1).await;
+            // Its identity outlived it (the Swarm owns the Secret): read, never replaced.
+            server
+                .get(&format!("{SECRETS}/demo-1-identity"))
+                .await
+                .ok_with(&returning);
             expect_service_apply(&mut server).await;
             let config = expect_config_apply(&mut server).await;
             assert_eq!(
                 config.p2p.bootstrap_peers,
                 [
                     multiaddr("demo-0", &peer_id(0)),
+                    multiaddr("demo-1", &kept.peer_id_string()),
                     multiaddr("demo-2", &peer_id(2))
                 ]
             );
@@ -703,55 +765,47 @@ async fn status_counts_only_running_members_and_names_the_unschedulable_one() {
 // ----- SwarmMember controller -----
 
 #[tokio::test]
-async fn first_member_reconcile_creates_identity_then_pod_then_status() {
+async fn first_member_reconcile_reads_its_identity_then_creates_claim_pod_and_status() {
     let mut swarm = swarm_object(1);
     swarm.spec.member.resources.gpus = Some(1);
+    swarm.spec.checkpoints =
+        Some(serde_json::from_value(json!({"storageClassName": "fast", "size": "20Gi"})).unwrap());
+    let key = MemberKey::from_hex(KEY).unwrap();
     let member = member_object(&swarm, 0, None);
     let (client, server) = mock_client();
     let ctx = context(client);
-    let (swarm_answer, member_expected) = (swarm.clone(), member.clone());
+    let (swarm_answer, member_expected, secret) = (
+        swarm.clone(),
+        member.clone(),
+        identity_secret("demo-0", &key),
+    );
     let action = run(
         server,
         |mut server| async move {
             server.get(SWARM).await.ok_with(&swarm_answer);
+            // The Swarm controller created the Secret; the member controller only reads it.
             server
                 .get(&format!("{SECRETS}/demo-0-identity"))
                 .await
-                .not_found();
-
-            let create = server.expect(Method::POST, SECRETS).await;
-            assert_eq!(create.query("fieldManager"), Some("rl-swarm-operator"));
-            let secret: Secret = create.parse();
-            assert_eq!(secret.metadata.name.as_deref(), Some("demo-0-identity"));
-            assert_eq!(secret.immutable, Some(true));
-            let labels = secret.metadata.labels.clone().unwrap();
-            assert_eq!(labels["rlswarm.dev/member"], "demo-0");
-            assert_eq!(labels["rlswarm.dev/swarm"], "demo");
-            assert_eq!(labels["app.kubernetes.io/managed-by"], "rl-swarm-operator");
-            let owners = secret.metadata.owner_references.clone().unwrap();
+                .ok_with(&secret);
+            let claim = server
+                .apply("/api/v1/namespaces/research/persistentvolumeclaims/demo-0-checkpoints")
+                .await;
             assert_eq!(
-                (owners[0].kind.as_str(), owners[0].uid.as_str()),
-                ("Swarm", SWARM_UID)
+                claim.body["spec"]["resources"]["requests"]["storage"],
+                "20Gi"
             );
-            let data = secret.data.clone().unwrap();
-            let key = MemberKey::from_secret_data(&data[PRIVATE_KEY_FILE].0).unwrap();
-            let annotations = secret.metadata.annotations.clone().unwrap();
-            assert_eq!(annotations["rlswarm.dev/peer-id"], key.peer_id_string());
-            assert_eq!(annotations["rlswarm.dev/address"], key.address());
-            create.created();
-
-            let event = server.event(NS, "Normal", "IdentityCreated").await;
-            assert_eq!(event["regarding"]["kind"], "SwarmMember");
-            assert_eq!(event["regarding"]["name"], "demo-0");
-            let note = event["note"].as_str().unwrap();
-            assert!(note.contains(&key.peer_id_string()), "{note}");
-            assert!(
-                !note.contains(&key.secret_data()),
-                "the key must never appear in an event"
-            );
+            assert_eq!(claim.body["spec"]["storageClassName"], "fast");
+            claim.applied();
 
             server.get(&format!("{PODS}/demo-0")).await.not_found();
             let pod = expect_pod_apply(&mut server, &member_expected).await;
+            let volumes = pod.spec.as_ref().unwrap().volumes.clone().unwrap();
+            let state = volumes.iter().find(|v| v.name == "state").unwrap();
+            assert_eq!(
+                state.persistent_volume_claim.as_ref().unwrap().claim_name,
+                "demo-0-checkpoints"
+            );
             let container = &pod.spec.as_ref().unwrap().containers[0];
             assert_eq!(container.image.as_deref(), Some(DEFAULT_IMAGE));
             let limits = container
@@ -1160,23 +1214,19 @@ async fn pod_from_an_older_template_is_replaced() {
 
 #[tokio::test]
 async fn identity_race_lost_to_another_writer_uses_the_winners_key() {
-    let mut swarm = swarm_object(1);
-    swarm.spec.checkpoints =
-        Some(serde_json::from_value(json!({"storageClassName": "fast", "size": "20Gi"})).unwrap());
+    let swarm = swarm_object(1);
     let winner = MemberKey::from_hex(KEY).unwrap();
-    let member = member_object(&swarm, 0, None);
+    let secret = identity_secret("demo-0", &winner);
+    let expected_peer = multiaddr("demo-0", &winner.peer_id_string());
     let (client, server) = mock_client();
     let ctx = context(client);
-    let (swarm_answer, member_expected, secret) = (
-        swarm.clone(),
-        member.clone(),
-        identity_secret("demo-0", &winner),
-    );
-    let expected_peer = winner.peer_id_string();
+    let expected = swarm.clone();
     let action = run(
         server,
         |mut server| async move {
-            server.get(SWARM).await.ok_with(&swarm_answer);
+            server.get(PVC).await.ok(&model_claim());
+            server.get(MEMBERS).await.ok(&member_list(&[]));
+            expect_member_apply(&mut server, 0).await;
             server
                 .get(&format!("{SECRETS}/demo-0-identity"))
                 .await
@@ -1191,32 +1241,51 @@ async fn identity_race_lost_to_another_writer_uses_the_winners_key() {
                 .await
                 .ok_with(&secret);
             // No IdentityCreated: this operator did not create the identity.
-            let claim = server
-                .apply("/api/v1/namespaces/research/persistentvolumeclaims/demo-0-checkpoints")
-                .await;
-            assert_eq!(
-                claim.body["spec"]["resources"]["requests"]["storage"],
-                "20Gi"
-            );
-            assert_eq!(claim.body["spec"]["storageClassName"], "fast");
-            claim.applied();
-            server.get(&format!("{PODS}/demo-0")).await.not_found();
-            let pod = expect_pod_apply(&mut server, &member_expected).await;
-            let volumes = pod.spec.unwrap().volumes.unwrap();
-            let state = volumes.iter().find(|v| v.name == "state").unwrap();
-            assert_eq!(
-                state.persistent_volume_claim.as_ref().unwrap().claim_name,
-                "demo-0-checkpoints"
-            );
-            server.event(NS, "Normal", "PodCreated").await;
+            expect_service_apply(&mut server).await;
+            let config = expect_config_apply(&mut server).await;
+            assert_eq!(config.p2p.bootstrap_peers, [expected_peer]);
+            expect_swarm_status(&mut server, &expected).await;
+            server.event(NS, "Normal", "MembersCreated").await;
+            server
+        },
+        swarm::reconcile(ctx.clone(), swarm),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn member_without_its_identity_secret_waits_for_it_and_starts_nothing() {
+    let swarm = swarm_object(1);
+    // A Secret deleted by hand: the member drops the PeerId it showed, so that the Swarm
+    // controller, seeing none, creates a new identity.
+    let member = member_object(
+        &swarm,
+        0,
+        Some(member_status(MemberPhase::Running, Some(peer_id(0)), None)),
+    );
+    let member_expected = member.clone();
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    let action = run(
+        server,
+        |mut server| async move {
+            server.get(SWARM).await.ok_with(&swarm);
+            server
+                .get(&format!("{SECRETS}/demo-0-identity"))
+                .await
+                .not_found();
             let status = expect_member_status(&mut server, &member_expected).await;
-            assert_eq!(status["peerId"], expected_peer);
+            assert_eq!(status["phase"], "Pending");
+            assert!(status.get("peerId").is_none(), "{status}");
+            let message = status["message"].as_str().unwrap();
+            assert!(message.contains("demo-0-identity"), "{message}");
             server
         },
         member::reconcile(ctx.clone(), member),
     )
     .await;
-    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(5)));
 }
 
 #[tokio::test]

@@ -1,25 +1,22 @@
-//! SwarmMember controller: the member's identity, checkpoint volume and pod, and its status.
+//! SwarmMember controller: reads the member's identity; its checkpoint volume, its pod and its status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
+use swarm_identity::MemberKey;
 use tracing::info;
 
+use super::identity::read_identity;
 use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
-use crate::api::{
-    FIELD_MANAGER, MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions, labels,
-};
-use crate::build::{
-    TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_identity_secret, build_member_pod,
-};
+use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions};
+use crate::build::{TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_member_pod};
 use crate::error::{Error, KubeContext, Result};
 use crate::ledger::{
     MEMBER_FINALIZER, Removal, ledger_target, registered_on, registered_status, removal,
@@ -65,8 +62,27 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     };
     let reference = member.object_ref(&());
 
-    let key = match ensure_identity(&ctx, &swarm, &member).await {
-        Ok(key) => key,
+    let key = match read_identity(&ctx, &member).await {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            // The Swarm controller creates it; the Secret's watch brings this member back then.
+            // Without a PeerId in the status, the Swarm controller looks for the Secret again.
+            let status = SwarmMemberStatus {
+                phase: Some(MemberPhase::Pending),
+                message: Some(format!(
+                    "waiting for its identity Secret {}, which the Swarm controller creates",
+                    member.identity_secret_name()
+                )),
+                peer_id: None,
+                address: None,
+                observed_generation: member.metadata.generation,
+                ..member.status.clone().unwrap_or_default()
+            };
+            if member.status.as_ref() != Some(&status) {
+                apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;
+            }
+            return Ok(Action::requeue(WAIT_FOR_REMOVAL));
+        }
         Err(error) if error.is_identity_problem() => {
             // No pod runs without this member's own key; the status says why.
             let status = SwarmMemberStatus {
@@ -369,69 +385,6 @@ async fn leave_ledger(
 /// The member's key: read from its Secret, or generated once and stored in a new immutable Secret.
 /// Creation (never apply) makes a concurrent or restarted operator lose the race instead of
 /// overwriting a key that is already in use.
-async fn ensure_identity(ctx: &Context, swarm: &Swarm, member: &SwarmMember) -> Result<MemberKey> {
-    let namespace = member.namespace().unwrap_or_default();
-    let secret_name = member.identity_secret_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .context(|| format!("get identity secret {namespace}/{secret_name}"))?;
-    if let Some(secret) = existing {
-        return read_identity(&secret, member);
-    }
-    let key = MemberKey::generate();
-    let secret = build_identity_secret(swarm, member, &key);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    };
-    match secrets.create(&params, &secret).await {
-        Ok(_) => {
-            info!(member = %member.name_any(), peer_id = %key.peer_id_string(), "created member identity");
-            ctx.event(
-                &member.object_ref(&()),
-                EventType::Normal,
-                "IdentityCreated",
-                format!(
-                    "peer id {}, address {}",
-                    key.peer_id_string(),
-                    key.address()
-                ),
-            )
-            .await;
-            Ok(key)
-        }
-        Err(kube::Error::Api(status)) if status.is_already_exists() => {
-            let secret = secrets
-                .get(&secret_name)
-                .await
-                .context(|| format!("get identity secret {namespace}/{secret_name}"))?;
-            read_identity(&secret, member)
-        }
-        Err(source) => Err(Error::Kube {
-            action: format!("create identity secret {namespace}/{secret_name}"),
-            source,
-        }),
-    }
-}
-
-fn read_identity(secret: &Secret, member: &SwarmMember) -> Result<MemberKey> {
-    let secret_name = secret.name_any();
-    let belongs = secret.labels().get(labels::MEMBER) == Some(&member.name_any());
-    let data = secret.data.as_ref().and_then(|d| d.get(PRIVATE_KEY_FILE));
-    match (belongs, data) {
-        (true, Some(bytes)) => {
-            MemberKey::from_secret_data(&bytes.0).map_err(|source| Error::Identity {
-                secret: secret_name,
-                source,
-            })
-        }
-        (false, _) => Err(Error::ForeignSecret(secret_name)),
-        (true, None) => Err(Error::IdentityKeyMissing(secret_name)),
-    }
-}
-
 fn owned_by(pod: &Pod, member: &SwarmMember) -> bool {
     pod.owner_references()
         .iter()

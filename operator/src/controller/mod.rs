@@ -1,6 +1,7 @@
 //! The two controllers and what they share. Reconcilers fetch, call the pure builders, apply with
 //! server-side apply and write status; nothing else.
 
+pub mod identity;
 pub mod ledger;
 pub mod member;
 pub mod swarm;

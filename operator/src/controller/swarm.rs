@@ -1,4 +1,5 @@
-//! Swarm controller: members, the headless Service, the node ConfigMap and the aggregated status.
+//! Swarm controller: members and their identities, the headless Service, the node ConfigMap and the
+//! aggregated status.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
+use super::identity::ensure_identity;
 use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
 use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions, labels};
 use crate::build::{
@@ -95,20 +97,13 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         }
     }
     members.sort_by_key(|m| m.spec.ordinal);
+    let bootstrap_peers = bootstrap_peers(&ctx, &swarm, &members).await?;
 
     apply(
         &Api::<Service>::namespaced(client.clone(), &namespace),
         &build_peers_service(&swarm),
     )
     .await?;
-    let bootstrap_peers: Vec<String> = members
-        .iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_none())
-        .filter_map(|m| {
-            let peer_id = m.status.as_ref()?.peer_id.as_deref()?;
-            Some(bootstrap_multiaddr(&swarm, &m.name_any(), peer_id))
-        })
-        .collect();
     let config = build_node_config(&swarm, bootstrap_peers.clone());
     apply(
         &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
@@ -206,6 +201,34 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         return Ok(Action::requeue(RECHECK_PROBLEM.min(requeue)));
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Every live member's bootstrap multiaddr, so the ConfigMap lists them all in one pass: the PeerId
+/// from the member's status once its controller has published it, else from its identity Secret,
+/// created here for a new member.
+async fn bootstrap_peers(
+    ctx: &Context,
+    swarm: &Swarm,
+    members: &[SwarmMember],
+) -> Result<Vec<String>> {
+    let mut peers = Vec::with_capacity(members.len());
+    for member in members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+    {
+        let published = member.status.as_ref().and_then(|s| s.peer_id.clone());
+        let peer_id = match published {
+            Some(peer_id) => peer_id,
+            None => match ensure_identity(ctx, swarm, member).await {
+                Ok(key) => key.peer_id_string(),
+                // The member's own controller reports an unusable Secret in its status.
+                Err(error) if error.is_identity_problem() => continue,
+                Err(error) => return Err(error),
+            },
+        };
+        peers.push(bootstrap_multiaddr(swarm, &member.name_any(), &peer_id));
+    }
+    Ok(peers)
 }
 
 /// Shows each member's latest recorded round and rewards in its status, under its own field
