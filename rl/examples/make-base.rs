@@ -103,7 +103,7 @@ impl Preset {
                     TaskFamily::BasicArithmetic,
                     TaskFamily::FractionSimplification,
                 ],
-                target: 0.5,
+                target: 0.7,
                 temperature: 2.0,
                 learning_rate: 2e-3,
                 out: "../node-image/base-model",
