@@ -113,15 +113,7 @@ fn member_status(
 
 /// The Ready condition the member controller writes for `readiness`.
 fn condition_of(readiness: Readiness) -> Condition {
-    swarm_operator::status::condition(
-        &[],
-        "Ready",
-        readiness == Readiness::NodeReady,
-        readiness.reason(),
-        String::new(),
-        Some(1),
-        Timestamp::UNIX_EPOCH,
-    )
+    readiness.condition(&[], String::new(), Some(1), Timestamp::UNIX_EPOCH)
 }
 
 /// A distinct, valid PeerId per ordinal.

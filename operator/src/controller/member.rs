@@ -239,18 +239,17 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     };
 
     let readiness = Readiness::of(status.phase, unschedulable);
-    status.conditions = vec![condition(
-        &prior.conditions,
-        conditions::READY,
-        readiness == Readiness::NodeReady,
-        readiness.reason(),
-        status
-            .message
-            .clone()
-            .unwrap_or_else(|| "node is ready".into()),
-        member.metadata.generation,
-        now,
-    )];
+    status.conditions = vec![
+        readiness.condition(
+            &prior.conditions,
+            status
+                .message
+                .clone()
+                .unwrap_or_else(|| "node is ready".into()),
+            member.metadata.generation,
+            now,
+        ),
+    ];
     status.conditions.extend(registered);
     if status != prior {
         apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;

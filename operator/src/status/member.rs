@@ -1,10 +1,13 @@
 use std::collections::HashMap;
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use swarm_ledger::{Address, RecordedReward, unscaled_reward};
 
 use crate::api::{MemberPhase, SwarmMember, conditions};
 use crate::build::FETCH_MODEL_CONTAINER;
+use crate::status::condition;
 
 /// A member's latest round and its rewards, as its status shows them (`round`, `lastReward`,
 /// `totalReward`), from what the member recorded on the Swarm's ledger.
@@ -88,6 +91,25 @@ impl Readiness {
             Readiness::NodeStarting => "NodeStarting",
             Readiness::PodFailed => "PodFailed",
         }
+    }
+
+    /// The member's `Ready` condition saying this, keeping the transition time of `previous`'s.
+    pub fn condition(
+        self,
+        previous: &[Condition],
+        message: String,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Condition {
+        condition(
+            previous,
+            conditions::READY,
+            self == Readiness::NodeReady,
+            self.reason(),
+            message,
+            generation,
+            now,
+        )
     }
 
     /// What `member`'s `Ready` condition says, if it has one this operator wrote.
@@ -510,14 +532,11 @@ mod tests {
         for readiness in Readiness::ALL {
             let member = SwarmMember {
                 status: Some(crate::api::SwarmMemberStatus {
-                    conditions: vec![crate::status::condition(
+                    conditions: vec![readiness.condition(
                         &[],
-                        conditions::READY,
-                        readiness == Readiness::NodeReady,
-                        readiness.reason(),
                         String::new(),
                         None,
-                        jiff::Timestamp::UNIX_EPOCH,
+                        Timestamp::UNIX_EPOCH,
                     )],
                     ..Default::default()
                 }),

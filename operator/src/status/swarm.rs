@@ -207,15 +207,8 @@ mod tests {
 
     fn with_readiness(mut member: SwarmMember, readiness: Readiness) -> SwarmMember {
         let status = member.status.get_or_insert_with(Default::default);
-        status.conditions = vec![condition(
-            &[],
-            conditions::READY,
-            readiness == Readiness::NodeReady,
-            readiness.reason(),
-            String::new(),
-            None,
-            Timestamp::UNIX_EPOCH,
-        )];
+        status.conditions =
+            vec![readiness.condition(&[], String::new(), None, Timestamp::UNIX_EPOCH)];
         member
     }
 
