@@ -104,7 +104,7 @@ pub fn adopt(
 }
 
 /// Packs groups into as few messages as keep each within `limits` (bytes and groups per message),
-/// at most `limits`' messages per round. A group its peers would reject on its own (a completion
+/// at most `max_messages` of them. A group its peers would reject on its own (a completion
 /// over the size limits) is left out, as are groups beyond the round's last message: peers would
 /// score this member down for either.
 pub fn split_messages(

@@ -338,8 +338,9 @@ pub struct Difference {
     pub high: f64,
 }
 
-/// Runs every arm with every seed, seed by seed, writing `experiment.json`,
-/// `cumulative-reward.png` and `reward.png` to `experiment.out`; prints a line per run.
+/// Runs every arm with every seed (when resuming, those `experiment.json` lacks), seed by seed,
+/// writing `experiment.json` after each run and `reward.png` at the end to `experiment.out`;
+/// prints a line per run.
 pub fn run(experiment: &Experiment) -> Result<Results, ExperimentError> {
     experiment.check()?;
     fs::create_dir_all(&experiment.out).map_err(io(&experiment.out))?;

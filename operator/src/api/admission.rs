@@ -129,22 +129,8 @@ fn training_rules() -> Vec<Rule> {
             .message("training.clipEpsilonLow must be between 0 and 1 (exclusive)"),
         Rule::new("self.clipEpsilonHigh > 0.0 && self.clipEpsilonHigh < 1.0")
             .message("training.clipEpsilonHigh must be between 0 and 1 (exclusive)"),
-        Rule::new(format!(
-            "self.sharing.importanceCap > 0.0 && self.sharing.importanceCap <= {:?}",
-            limits::IMPORTANCE_CAP
-        ))
-        .message(&*format!(
-            "training.sharing.importanceCap must be greater than 0 and at most {}",
-            limits::IMPORTANCE_CAP
-        )),
-        Rule::new(format!(
-            "self.sharing.shapingGamma > 0.0 && self.sharing.shapingGamma <= {:?}",
-            limits::SHAPING_GAMMA
-        ))
-        .message(&*format!(
-            "training.sharing.shapingGamma must be greater than 0 and at most {}",
-            limits::SHAPING_GAMMA
-        )),
+        above_zero("sharing.importanceCap", limits::IMPORTANCE_CAP, ""),
+        above_zero("sharing.shapingGamma", limits::SHAPING_GAMMA, ""),
         Rule::new(format!(
             "!has(self.tasks) || self.tasks.all(t, t.weight <= {})",
             limits::TASK_WEIGHT

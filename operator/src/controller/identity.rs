@@ -14,7 +14,8 @@ use crate::build::build_identity_secret;
 use crate::error::{Error, KubeContext, Result};
 
 /// The key in `member`'s identity Secret, creating the Secret with a new key when there is none.
-/// A Secret created by someone else in the meantime wins: its key is read, never replaced.
+/// Creation (never apply) makes a concurrent or restarted operator lose the race instead of
+/// overwriting a key already in use: the Secret created first wins and its key is read.
 pub async fn ensure_identity(
     ctx: &Context,
     swarm: &Swarm,

@@ -78,9 +78,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 observed_generation: member.metadata.generation,
                 ..member.status.clone().unwrap_or_default()
             };
-            if member.status.as_ref() != Some(&status) {
-                apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;
-            }
+            write_status(&ctx, &member, &status).await?;
             return Ok(Action::requeue(WAIT_FOR_REMOVAL));
         }
         Err(error) if error.is_identity_problem() => {
@@ -91,9 +89,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 observed_generation: member.metadata.generation,
                 ..member.status.clone().unwrap_or_default()
             };
-            if member.status.as_ref() != Some(&status) {
-                apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;
-            }
+            write_status(&ctx, &member, &status).await?;
             return Err(error);
         }
         Err(error) => return Err(error),
@@ -251,10 +247,21 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         ),
     ];
     status.conditions.extend(registered);
-    if status != prior {
-        apply_status(&member, &status.without_progress(), ctx.client.clone()).await?;
-    }
+    write_status(&ctx, &member, &status).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// Writes `status` unless the member shows it already; the progress fields are left to the
+/// Swarm's ledger pass.
+async fn write_status(
+    ctx: &Context,
+    member: &SwarmMember,
+    status: &SwarmMemberStatus,
+) -> Result<()> {
+    if member.status.as_ref() != Some(status) {
+        apply_status(member, &status.without_progress(), ctx.client.clone()).await?;
+    }
+    Ok(())
 }
 
 /// Funds and registers the member on its Swarm's ledger unless its status shows it registered on the
@@ -381,9 +388,6 @@ async fn leave_ledger(
     Ok(Action::await_change())
 }
 
-/// The member's key: read from its Secret, or generated once and stored in a new immutable Secret.
-/// Creation (never apply) makes a concurrent or restarted operator lose the race instead of
-/// overwriting a key that is already in use.
 fn owned_by(pod: &Pod, member: &SwarmMember) -> bool {
     pod.owner_references()
         .iter()

@@ -148,12 +148,28 @@ where
         + DeserializeOwned
         + Debug,
 {
+    apply_status_as(FIELD_MANAGER, object, status, client).await
+}
+
+/// [`apply_status`] under another field manager, which then owns the fields `status` sets.
+pub async fn apply_status_as<K>(
+    field_manager: &str,
+    object: &K,
+    status: &impl Serialize,
+    client: Client,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
     Api::<K>::namespaced(client, &namespace)
         .patch_status(
             &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(field_manager).force(),
             &Patch::Apply(serde_json::json!({
                 "apiVersion": K::api_version(&()),
                 "kind": K::kind(&()),

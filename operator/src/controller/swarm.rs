@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::identity::ensure_identity;
-use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
+use super::{
+    Context, add_finalizer, apply, apply_status, apply_status_as, ledger, remove_finalizer,
+};
 use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions, labels};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
@@ -128,7 +130,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     let mut requeue = RESYNC;
     match &ledger {
         Some(Ok(state)) => {
-            show_progress(&members_api, &members, &state.rewards).await?;
+            show_progress(&ctx.client, &members, &state.rewards).await?;
             if state.deployed {
                 ctx.event(
                     &reference,
@@ -234,7 +236,7 @@ async fn bootstrap_peers(
 /// Shows each member's latest recorded round and rewards in its status, under its own field
 /// manager; only members whose status does not show them yet are written.
 async fn show_progress(
-    members_api: &Api<SwarmMember>,
+    client: &Client,
     members: &[SwarmMember],
     rewards: &HashMap<Address, RecordedReward>,
 ) -> Result<()> {
@@ -245,23 +247,12 @@ async fn show_progress(
         let Some(progress) = TrainingProgress::update_for(member, rewards) else {
             continue;
         };
-        let name = member.name_any();
-        members_api
-            .patch_status(
-                &name,
-                &PatchParams::apply(PROGRESS_FIELD_MANAGER).force(),
-                &Patch::Apply(serde_json::json!({
-                    "apiVersion": SwarmMember::api_version(&()),
-                    "kind": SwarmMember::kind(&()),
-                    "status": {
-                        "round": progress.round,
-                        "lastReward": progress.last_reward,
-                        "totalReward": progress.total_reward,
-                    },
-                })),
-            )
-            .await
-            .context(|| format!("write the progress of member {name}"))?;
+        let shown = serde_json::json!({
+            "round": progress.round,
+            "lastReward": progress.last_reward,
+            "totalReward": progress.total_reward,
+        });
+        apply_status_as(PROGRESS_FIELD_MANAGER, member, &shown, client.clone()).await?;
     }
     Ok(())
 }
