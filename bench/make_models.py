@@ -1,14 +1,17 @@
 """Writes the random-weight Qwen2 models that `bench/engine` times, into a directory outside the
 clone (the mid-size one is about 400 MB).
 
-    python bench/make_models.py OUT_DIR
+    python bench/make_models.py OUT_DIR [NAME ...]
 
-Everything is seeded, so a rerun writes the same weights; a model whose directory already holds
+NAMEs default to tiny and mid (what `bench/engine` times); `qwen05b` is written only when asked
+(scripts/gpu-check does, on the GPU machine). Everything is seeded, so a rerun writes the same weights; a model whose directory already holds
 the same recipe (`bench-recipe.json`) is left alone.
 
 - tiny: the shape of model/fixtures/tiny-qwen2 (hidden 64, 2 layers, vocab 384).
 - mid: hidden 512, 8 layers, 8 query heads on 2 key/value heads, intermediate 1408 and Qwen's
   vocabulary of 151936, embeddings tied to the LM head as in Qwen2.5-0.5B.
+- qwen05b: Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 query heads on 2 key/value heads,
+  intermediate 4864, vocabulary 151936, tied embeddings): 494 M parameters, about 2 GB in f32.
 
 Both use the tiny fixture's tokenizer (swarm-rl's sampler needs a tokenizer.json to know the
 end-of-sequence tokens; the benchmark feeds token ids, never text). The weights are scaled up as in
@@ -62,7 +65,18 @@ MODELS = {
         tie_word_embeddings=True,
         seed=2,
     ),
+    "qwen05b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        seed=3,
+    ),
 }
+DEFAULT = ["tiny", "mid"]
 
 
 def randomise(model, seed):
@@ -105,8 +119,8 @@ def write(out, name, recipe):
 def main():
     out = pathlib.Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for name, recipe in MODELS.items():
-        write(out, name, recipe)
+    for name in sys.argv[2:] or DEFAULT:
+        write(out, name, MODELS[name])
 
 
 if __name__ == "__main__":

@@ -171,7 +171,14 @@ def main():
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
     model.train(args.mode == "grpo")
     bench = bench_sample if args.mode == "sample" else bench_grpo
-    print(json.dumps(bench(args, model)))
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = bench(args, model)
+    if args.device == "cuda":
+        # What PyTorch's allocator handed out at most (weights included); scripts/gpu-check also
+        # reads the whole process's memory from nvidia-smi, the figure both sides share.
+        result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
