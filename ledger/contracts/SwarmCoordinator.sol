@@ -80,8 +80,12 @@ contract SwarmCoordinator {
         _;
     }
 
-    constructor() {
-        owner = msg.sender;
+    /// @param initialOwner The owner: an argument rather than the sender, so the contract can be
+    /// deployed through a CREATE2 factory (whose address would otherwise own it) at an address
+    /// that depends only on the owner, the salt and this code.
+    constructor(address initialOwner) {
+        if (initialOwner == address(0)) revert ZeroAccount();
+        owner = initialOwner;
     }
 
     /// @notice Lets `manager` advance rounds besides the owner; the zero address removes the role.

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, I256, TxHash, keccak256};
+use alloy::primitives::{Address, B256, I256, TxHash, address, keccak256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
@@ -100,6 +100,26 @@ pub struct Submission {
     pub winners_submitted: bool,
 }
 
+/// The CREATE2 factory known as the deterministic deployment proxy: at this address on Ethereum's
+/// testnets and most EVM chains, and predeployed by anvil. A transaction to it whose data is
+/// `salt ‖ init code` creates the contract at `create2(factory, salt, keccak256(init code))`,
+/// and fails when that address already holds code.
+pub const CREATE2_FACTORY: Address = address!("4e59b44847b379578588920ca78fbf26c0b4956c");
+
+/// Where [`LedgerClient::deploy_deterministic`] puts the coordinator owned by `owner` for `salt`:
+/// computable by anyone who knows both, before and after the deployment.
+pub fn deterministic_address(owner: Address, salt: B256) -> Address {
+    CREATE2_FACTORY.create2_from_code(salt, crate::creation_code(owner))
+}
+
+/// A coordinator deployed (or found deployed) at its deterministic address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub address: Address,
+    /// Whether this call's transaction created it; false when it was there already.
+    pub sent: bool,
+}
+
 /// A connection to a deployed coordinator contract, acting as one account.
 ///
 /// Cheap to share: all methods take `&self` and may run concurrently.
@@ -112,7 +132,8 @@ impl LedgerClient {
     /// Deploys a new coordinator owned by `signer`'s account and returns its address.
     ///
     /// Unlike the other changes this one cannot be checked on chain first: if a deployment's
-    /// receipt is lost, the retry deploys again and the first contract goes unused.
+    /// receipt is lost, the retry deploys again and the first contract goes unused. Where that
+    /// matters (the operator), [`Self::deploy_deterministic`] can be.
     pub async fn deploy(
         rpc_url: &str,
         chain_id: u64,
@@ -122,7 +143,8 @@ impl LedgerClient {
         let action = "deploy the coordinator contract";
         let sender = Sender::new(action, rpc_url, chain_id, signer, options)?;
         sender.check_chain(action, chain_id).await?;
-        let tx = &TransactionRequest::default().with_deploy_code(crate::creation_bytecode());
+        let tx =
+            &TransactionRequest::default().with_deploy_code(crate::creation_code(sender.account));
         let sender = &sender;
         sender
             .retry(action, || async move {
@@ -132,6 +154,68 @@ impl LedgerClient {
                     _ => Err(Failure::Permanent(Problem::Reverted(
                         receipt.transaction_hash,
                     ))),
+                }
+            })
+            .await
+    }
+
+    /// The coordinator owned by `signer`'s account for `salt`, deployed through
+    /// [`CREATE2_FACTORY`] at [`deterministic_address`] unless it is there already.
+    ///
+    /// Idempotent by construction: the address depends only on the owner, the salt and the
+    /// code, so a retry after a lost receipt, a caller that lost the address it recorded, or two
+    /// callers at once all end at the same single contract.
+    pub async fn deploy_deterministic(
+        rpc_url: &str,
+        chain_id: u64,
+        signer: PrivateKeySigner,
+        salt: B256,
+        options: LedgerOptions,
+    ) -> Result<Deployment, LedgerError> {
+        let action = "deploy the coordinator contract";
+        let sender = Sender::new(action, rpc_url, chain_id, signer, options)?;
+        sender.check_chain(action, chain_id).await?;
+        let init_code = crate::creation_code(sender.account);
+        let address = CREATE2_FACTORY.create2_from_code(salt, &init_code);
+        let sender = &sender;
+        let has_code = |at: Address| async move {
+            Ok::<_, Failure>(!sender.provider.get_code_at(at).await?.is_empty())
+        };
+        if sender.retry(action, || has_code(address)).await? {
+            return Ok(Deployment {
+                address,
+                sent: false,
+            });
+        }
+        if !sender.retry(action, || has_code(CREATE2_FACTORY)).await? {
+            return Err(LedgerError::new(
+                action,
+                Problem::NoCreate2Factory(CREATE2_FACTORY),
+            ));
+        }
+        let tx = &TransactionRequest::default()
+            .with_to(CREATE2_FACTORY)
+            .with_input([salt.as_slice(), &init_code].concat());
+        sender
+            .retry(action, || async move {
+                // An earlier attempt whose receipt was lost, or another caller, may have
+                // deployed it since.
+                if has_code(address).await? {
+                    return Ok(Deployment {
+                        address,
+                        sent: false,
+                    });
+                }
+                let receipt = sender.send(tx.clone()).await?;
+                if receipt.status() && has_code(address).await? {
+                    Ok(Deployment {
+                        address,
+                        sent: true,
+                    })
+                } else {
+                    Err(Failure::Permanent(Problem::Reverted(
+                        receipt.transaction_hash,
+                    )))
                 }
             })
             .await

@@ -53,6 +53,11 @@ pub enum Problem {
     ChainMismatch { expected: u64, actual: u64 },
     #[error("there is no contract at {0}")]
     NoContract(Address),
+    #[error(
+        "the chain has no CREATE2 factory at {0} to deploy through: deploy the contract \
+         (constructor argument: the owner's account) and give its address instead"
+    )]
+    NoCreate2Factory(Address),
     #[error("the RPC endpoint still failed after {attempts} attempts: {last}")]
     Unavailable {
         attempts: u32,

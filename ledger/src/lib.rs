@@ -1,6 +1,7 @@
 //! The swarm's ledger: the SwarmCoordinator contract's compiled artifacts and a client for it.
 //!
-//! The operator deploys the contract, registers each member's account with its PeerId and
+//! The operator deploys the contract (through the CREATE2 factory, at an address fixed by its owner
+//! and a salt, so a deployment is idempotent), registers each member's account with its PeerId and
 //! advances rounds; each member submits its reward and winners once per round from its own
 //! account. [`LedgerClient`] does all of that over JSON-RPC: every change is checked on chain
 //! before it is sent, so retrying after a lost receipt never submits twice; one account's
@@ -15,11 +16,12 @@ mod client;
 mod error;
 mod redact;
 
-pub use alloy::primitives::{Address, I256, TxHash};
+pub use alloy::primitives::{Address, B256, I256, TxHash};
 pub use alloy::rpc::types::TransactionReceipt;
 pub use alloy::signers::local::PrivateKeySigner;
 pub use client::{
-    LedgerClient, LedgerOptions, Member, Outcome, RecordedReward, RetryPolicy, Submission,
+    CREATE2_FACTORY, Deployment, LedgerClient, LedgerOptions, Member, Outcome, RecordedReward,
+    RetryPolicy, Submission, deterministic_address,
 };
 pub use error::{LedgerError, Problem, TransientError};
 pub use redact::{display_url, redact};
@@ -54,6 +56,15 @@ pub mod bindings {
 fn creation_bytecode() -> Vec<u8> {
     alloy::hex::decode(include_str!("../artifacts/SwarmCoordinator.bin").trim())
         .expect("ledger/artifacts/SwarmCoordinator.bin is hex (a unit test checks it)")
+}
+
+/// The init code of a coordinator owned by `owner`: the creation bytecode followed by the
+/// ABI-encoded constructor argument.
+fn creation_code(owner: Address) -> Vec<u8> {
+    use alloy::sol_types::SolValue;
+    let mut code = creation_bytecode();
+    code.extend_from_slice(&owner.abi_encode());
+    code
 }
 
 /// The signer of a member's ledger account: the same key as its PeerId, so its address is the

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use alloy::primitives::U256;
 use alloy::primitives::utils::parse_ether;
+use alloy::primitives::{B256, U256, keccak256};
 use jiff::{SignedDuration, Timestamp};
 use swarm_ledger::{Address, LedgerError, Problem, RecordedReward};
 pub use swarm_ledger::{display_url, redact};
@@ -47,6 +47,7 @@ impl LedgerProblem {
             Problem::InvalidKey => "OperatorKeyInvalid",
             Problem::ChainMismatch { .. } => "ChainMismatch",
             Problem::NoContract(_) => "ContractNotFound",
+            Problem::NoCreate2Factory(_) => "NoCreate2Factory",
             Problem::Unavailable { .. } => "RpcUnreachable",
             Problem::Rejected(_) => "Rejected",
             Problem::Reverted(_) => "Reverted",
@@ -88,6 +89,17 @@ pub struct LedgerTarget {
     pub chain_id: u64,
     /// `None` until a contract to deploy has been deployed.
     pub contract: Option<Address>,
+    /// The CREATE2 salt of the contract the operator deploys: [`deployment_salt`].
+    pub deployment_salt: B256,
+}
+
+/// The salt the Swarm's contract is deployed with: from the Swarm's UID, so the contract's
+/// address follows from what the operator observes (the Swarm and its operator key) and a
+/// deployment repeated after its address was lost (a failed status write, a stale cache) finds
+/// the first one instead of making a second.
+pub fn deployment_salt(swarm: &Swarm) -> B256 {
+    let uid = swarm.metadata.uid.as_deref().unwrap_or_default();
+    keccak256(format!("rlswarm.dev/SwarmCoordinator/{uid}"))
 }
 
 /// Where the Swarm's contract is: the spec's address, else the one deployed earlier (in status).
@@ -119,6 +131,7 @@ pub fn ledger_target(swarm: &Swarm) -> Result<Option<LedgerTarget>, LedgerProble
         rpc_url: spec.rpc_url.clone(),
         chain_id,
         contract,
+        deployment_salt: deployment_salt(swarm),
     }))
 }
 

@@ -25,10 +25,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
-use swarm_ledger::{Address, LedgerClient, LedgerOptions, RetryPolicy, member_signer};
+use swarm_ledger::{
+    Address, LedgerClient, LedgerOptions, RetryPolicy, deterministic_address, member_signer,
+};
 use swarm_operator::api::{Swarm, SwarmMember};
 use swarm_operator::build::{PodSettings, build_member, build_member_pod};
 use swarm_operator::controller::{Context, member, swarm};
+use swarm_operator::ledger::deployment_salt;
 
 use chain::{CHAIN_ID, Chain, closed_port};
 use support::{ApiServer, Exchange, mock_client, run};
@@ -547,6 +550,84 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
         .unwrap()
         .unwrap();
     assert!(!record.registered);
+}
+
+/// A deployment whose address never reached the status (the status write failed; the next pass
+/// sees the Swarm without it): the next pass finds the contract at the Swarm's deterministic
+/// address and uses it. One contract, one deployment transaction.
+#[tokio::test]
+async fn a_lost_status_write_after_a_deploy_deploys_no_second_contract() {
+    let chain = Chain::start();
+    let operator = MemberKey::generate();
+    let operator_account: Address = operator.address().parse().unwrap();
+    chain.fund(operator_account).await;
+    let operator_secret = secret("ledger-operator", &operator);
+    let swarm0 = ledger_swarm(
+        0,
+        &chain.url(),
+        json!({"deploy": {}}),
+        SignedDuration::from_secs(25),
+    );
+    let expected = deterministic_address(operator_account, deployment_salt(&swarm0));
+
+    // 1. The deployment goes through; writing its address into the status fails.
+    let (client, server) = mock_client();
+    let (answer, op_secret) = (swarm0.clone(), operator_secret.clone());
+    let result = run(
+        server,
+        |mut server| async move {
+            let object = serde_json::to_value(&answer).unwrap();
+            expect_finalizers(&mut server, SWARM, &object, json!([SWARM_FINALIZER])).await;
+            expect_children(&mut server).await;
+            server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
+            server.apply(SWARM_STATUS).await.failure(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "etcdserver: request timed out",
+            );
+            server
+        },
+        swarm::reconcile(context(client), swarm0.clone()),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "the failed status write is an error to retry"
+    );
+    assert_eq!(
+        chain.nonce(operator_account).await,
+        1,
+        "one deployment sent"
+    );
+
+    // 2. The next pass, on a Swarm whose status has no contract, finds the deployed one.
+    let mut swarm1 = swarm0.clone();
+    swarm1.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
+    let (client, server) = mock_client();
+    let (answer, op_secret) = (swarm1.clone(), operator_secret.clone());
+    let action = run(
+        server,
+        |mut server| async move {
+            expect_children(&mut server).await;
+            server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
+            let status = answer_status(server.apply(SWARM_STATUS).await, &answer);
+            assert_eq!(condition(&status, "LedgerReady").1, "Connected");
+            assert_eq!(
+                status["ledger"]["contractAddress"],
+                expected.to_checksum(None)
+            );
+            assert_eq!(status["ledger"]["round"], 2);
+            server
+        },
+        swarm::reconcile(context(client), swarm1.clone()),
+    )
+    .await;
+    action.unwrap();
+    assert_eq!(
+        chain.nonce(operator_account).await,
+        1 + 2,
+        "the deployment and two round advances: no second deployment"
+    );
 }
 
 fn requeue_secs(action: &Action) -> f64 {

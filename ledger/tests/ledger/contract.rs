@@ -6,15 +6,17 @@
 use std::fmt::Debug;
 
 use alloy::contract::Error as ContractError;
-use alloy::primitives::Address;
+use alloy::primitives::{Address, B256};
+use alloy::providers::Provider;
 use alloy::sol_types::SolEvent;
 use swarm_identity::MemberKey;
 use swarm_ledger::bindings::SwarmCoordinator::{self, SwarmCoordinatorErrors as E};
 use swarm_ledger::{
-    I256, LedgerClient, LedgerError, Member, Outcome, Submission, TransactionReceipt,
+    CREATE2_FACTORY, Deployment, I256, LedgerClient, LedgerError, Member, Outcome, Problem,
+    Submission, TransactionReceipt, deterministic_address,
 };
 
-use crate::chain::{Chain, address};
+use crate::chain::{CHAIN_ID, Chain, address, options, signer};
 
 /// The contract's error from a call the client sent.
 pub fn rejection<T: Debug>(result: Result<T, LedgerError>) -> E {
@@ -89,6 +91,92 @@ async fn deployment_starts_at_round_zero_owned_by_the_deployer() {
     assert_eq!(
         owner.member_by_peer_id("16Uiu2unknown").await.unwrap(),
         None
+    );
+}
+
+/// Through the CREATE2 factory the address follows from owner and salt alone: a second deployment
+/// (after a lost receipt or a lost record of the address) finds the first and sends nothing.
+#[tokio::test]
+async fn deterministic_deployment_happens_once_per_owner_and_salt() {
+    let chain = Chain::start();
+    let owner = chain.funded_key().await;
+    let account = address(&owner);
+    let salt = B256::repeat_byte(7);
+    let expected = deterministic_address(account, salt);
+    let url = chain.url();
+    let deploy =
+        |salt| LedgerClient::deploy_deterministic(&url, CHAIN_ID, signer(&owner), salt, options());
+
+    let first = deploy(salt).await.unwrap();
+    assert_eq!(
+        first,
+        Deployment {
+            address: expected,
+            sent: true
+        }
+    );
+    let nonce = chain
+        .provider()
+        .get_transaction_count(account)
+        .await
+        .unwrap();
+    let again = deploy(salt).await.unwrap();
+    assert_eq!(
+        again,
+        Deployment {
+            address: expected,
+            sent: false
+        }
+    );
+    assert_eq!(
+        chain
+            .provider()
+            .get_transaction_count(account)
+            .await
+            .unwrap(),
+        nonce,
+        "nothing sent the second time"
+    );
+
+    let client = chain.client(&owner, expected).await;
+    assert_eq!(
+        client.owner().await.unwrap(),
+        account,
+        "owned by the signer, not the factory"
+    );
+    assert_eq!(client.current_round().await.unwrap(), 0);
+
+    let other = deploy(B256::repeat_byte(8)).await.unwrap();
+    assert!(other.sent);
+    assert_ne!(other.address, expected, "another salt, another contract");
+    let stranger = chain.funded_key().await;
+    assert_ne!(
+        deterministic_address(address(&stranger), salt),
+        expected,
+        "another owner, another contract"
+    );
+}
+
+#[tokio::test]
+async fn deterministic_deployment_needs_the_factory() {
+    let chain = Chain::start_with(&["--disable-default-create2-deployer"]);
+    let owner = chain.funded_key().await;
+    let error = LedgerClient::deploy_deterministic(
+        &chain.url(),
+        CHAIN_ID,
+        signer(&owner),
+        B256::ZERO,
+        options(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error.problem(), Problem::NoCreate2Factory(factory) if *factory == CREATE2_FACTORY),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("give its address instead"),
+        "{error}"
     );
 }
 

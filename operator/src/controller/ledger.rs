@@ -184,23 +184,27 @@ impl Writer<'_> {
         LedgerProblem::from_ledger(error, &self.target.rpc_url)
     }
 
-    /// The target's contract: the known one, or one deployed now and reported as such.
+    /// The target's contract: the known one, else the one at the Swarm's deterministic address,
+    /// deployed now if it is not there yet (then reported as deployed).
     pub async fn contract(&mut self) -> Result<(Address, bool), LedgerProblem> {
         if let Some(contract) = self.target.contract {
             return Ok((contract, false));
         }
-        let address = LedgerClient::deploy(
+        let deployment = LedgerClient::deploy_deterministic(
             &self.target.rpc_url,
             self.target.chain_id,
             self.signer.clone(),
+            self.target.deployment_salt,
             self.options.clone(),
         )
         .await
         .map_err(|e| self.problem(&e))?;
-        // The deployment used the account's next nonce outside any cached client.
-        self.slot.client = None;
-        self.target.contract = Some(address);
-        Ok((address, true))
+        if deployment.sent {
+            // The deployment used the account's next nonce outside any cached client.
+            self.slot.client = None;
+        }
+        self.target.contract = Some(deployment.address);
+        Ok((deployment.address, deployment.sent))
     }
 
     /// A client for the contract, connected (chain and contract checked) unless one is cached.
