@@ -1,10 +1,10 @@
-//! Ledger flows of both controllers: the Kubernetes API is the scripted server of `reconcile.rs`
+//! Ledger flows of both controllers: the Kubernetes API is the scripted server of the reconcile
 //! (every request asserted in order), the chain a real anvil, so contract deployment, funding,
 //! registration, round advancing and deregistration are real transactions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Shared with reconcile.rs, which uses all of it; these scenarios need only part.
+// Shared with the reconcile scenarios; these need only part.
 #[path = "support/chain.rs"]
 mod chain;
 #[allow(dead_code)]
@@ -22,7 +22,6 @@ use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use swarm_ledger::{
@@ -34,24 +33,18 @@ use swarm_operator::controller::{Context, member, swarm};
 use swarm_operator::ledger::deployment_salt;
 
 use chain::{CHAIN_ID, Chain, closed_port};
-use support::{ApiServer, Exchange, mock_client, run};
+use support::fixtures::{
+    CONFIG_MAP, DEFAULT_IMAGE, KEY, MEMBERS, NS, PVC, SERVICE, SWARM, SWARM_STATUS, SWARM_UID,
+    answer_status, condition, new_context,
+};
+use support::{ApiServer, mock_client, run};
 
-const NS: &str = "research";
-const SWARM_UID: &str = "5f0c2c1e-0000-4000-8000-000000000001";
-const DEFAULT_IMAGE: &str = "ghcr.io/example/swarm-node:test";
-const PVC: &str = "/api/v1/namespaces/research/persistentvolumeclaims/models";
-const MEMBERS: &str = "/apis/rlswarm.dev/v1alpha1/namespaces/research/swarmmembers";
-const SWARM: &str = "/apis/rlswarm.dev/v1alpha1/namespaces/research/swarms/demo";
-const SWARM_STATUS: &str = "/apis/rlswarm.dev/v1alpha1/namespaces/research/swarms/demo/status";
-const SERVICE: &str = "/api/v1/namespaces/research/services/demo-peers";
-const CONFIG_MAP: &str = "/api/v1/namespaces/research/configmaps/demo-config";
 const OPERATOR_SECRET: &str = "/api/v1/namespaces/research/secrets/ledger-operator";
 const IDENTITY_SECRET: &str = "/api/v1/namespaces/research/secrets/demo-0-identity";
 const POD: &str = "/api/v1/namespaces/research/pods/demo-0";
 const MEMBER: &str = "/apis/rlswarm.dev/v1alpha1/namespaces/research/swarmmembers/demo-0";
 const MEMBER_STATUS: &str =
     "/apis/rlswarm.dev/v1alpha1/namespaces/research/swarmmembers/demo-0/status";
-const MEMBER_KEY: &str = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
 const SWARM_FINALIZER: &str = "rlswarm.dev/ledger-members";
 const MEMBER_FINALIZER: &str = "rlswarm.dev/ledger-registration";
 
@@ -70,20 +63,7 @@ fn ledger_options() -> LedgerOptions {
 }
 
 fn context(client: Client) -> Arc<Context> {
-    Arc::new(
-        Context::new(
-            client,
-            Reporter {
-                controller: "rl-swarm-operator".into(),
-                instance: None,
-            },
-            swarm_operator::metrics::Metrics::register(&mut swarm_telemetry::Metrics::new(None)),
-            PodSettings {
-                default_image: DEFAULT_IMAGE.into(),
-            },
-        )
-        .with_ledger_options(ledger_options()),
-    )
+    Arc::new(new_context(client).with_ledger_options(ledger_options()))
 }
 
 /// `research/demo` with a ledger at `rpc_url`, created `age` ago with 10 s rounds.
@@ -168,29 +148,6 @@ fn running_pod(swarm: &Swarm, member: &SwarmMember) -> Pod {
     pod
 }
 
-fn condition<'a>(status: &'a Value, type_: &str) -> (&'a str, &'a str, &'a str) {
-    let found = status["conditions"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no conditions in {status:#}"))
-        .iter()
-        .find(|c| c["type"] == type_)
-        .unwrap_or_else(|| panic!("no condition {type_} in {status:#}"));
-    (
-        found["status"].as_str().unwrap(),
-        found["reason"].as_str().unwrap(),
-        found["message"].as_str().unwrap(),
-    )
-}
-
-/// Answers a status apply with the object and its new status; returns the status written.
-fn answer_status<K: serde::Serialize>(exchange: Exchange, object: &K) -> Value {
-    let status = exchange.body["status"].clone();
-    let mut body = serde_json::to_value(object).unwrap();
-    body["status"] = status.clone();
-    exchange.ok(&body);
-    status
-}
-
 /// A finalizer merge patch of `path`: asserts the finalizers and the resourceVersion it is based on.
 async fn expect_finalizers(server: &mut ApiServer, path: &str, object: &Value, finalizers: Value) {
     let patch = server.expect(Method::PATCH, path).await;
@@ -237,7 +194,7 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
     let operator = MemberKey::generate();
     let operator_account: Address = operator.address().parse().unwrap();
     chain.fund(operator_account).await;
-    let member_key = MemberKey::from_hex(MEMBER_KEY).unwrap();
+    let member_key = MemberKey::from_hex(KEY).unwrap();
     let member_account: Address = member_key.address().parse().unwrap();
     let operator_secret = secret("ledger-operator", &operator);
 
@@ -680,7 +637,7 @@ async fn unreachable_rpc_is_a_condition_and_a_retry() {
     // The member keeps its pod and says why it is not registered yet; it is retried.
     let member = member_object(&swarm, json!({"phase": "Running"}), true);
     let pod = running_pod(&swarm, &member);
-    let key = MemberKey::from_hex(MEMBER_KEY).unwrap();
+    let key = MemberKey::from_hex(KEY).unwrap();
     let (client, server) = mock_client();
     let ctx = context(client);
     let (answer, identity, member_answer, op_secret) = (

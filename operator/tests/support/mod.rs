@@ -16,6 +16,8 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
 
+pub mod fixtures;
+
 /// How long a scenario may take before it counts as hung.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
