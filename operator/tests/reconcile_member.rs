@@ -538,3 +538,35 @@ async fn secret_of_someone_else_is_never_used_as_an_identity() {
     let error = result.unwrap_err();
     assert_eq!(error.reason(), "ForeignSecret", "{error}");
 }
+
+/// With the watch caches filled, a member's first reconcile reads nothing from the API server:
+/// its Swarm, its identity Secret and the absence of its pod come from the caches.
+#[tokio::test]
+async fn with_watch_caches_a_new_member_only_writes() {
+    let swarm = swarm_object(1);
+    let key = MemberKey::from_hex(KEY).unwrap();
+    let member = member_object(&swarm, 0, None);
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    ctx.use_caches(caches(
+        vec![swarm.clone()],
+        vec![member.clone()],
+        vec![],
+        vec![identity_secret("demo-0", &key)],
+    ));
+    let expected = member.clone();
+    let action = run(
+        server,
+        |mut server| async move {
+            expect_pod_apply(&mut server, &expected).await;
+            server.event(NS, "Normal", "PodCreated").await;
+            let status = expect_member_status(&mut server, &expected).await;
+            assert_eq!(status["peerId"], key.peer_id_string());
+            assert_eq!(status["phase"], "Pending");
+            server
+        },
+        member::reconcile(ctx.clone(), member),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
+}

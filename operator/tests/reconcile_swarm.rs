@@ -15,11 +15,12 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use swarm_identity::MemberKey;
 use swarm_operator::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus};
+use swarm_operator::controller::cache::Caches;
 use swarm_operator::controller::{guarded, swarm};
 use swarm_operator::status::Readiness;
 
 use support::fixtures::*;
-use support::{Captured, mock_client, run};
+use support::{Captured, mock_client, run, stored};
 
 #[tokio::test]
 async fn swarm_create_applies_every_member_and_identity_then_a_complete_config_and_status() {
@@ -362,8 +363,6 @@ async fn status_counts_only_running_members_and_names_the_unschedulable_one() {
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
 }
 
-// ----- SwarmMember controller -----
-
 #[tokio::test]
 async fn identity_race_lost_to_another_writer_uses_the_winners_key() {
     let swarm = swarm_object(1);
@@ -432,4 +431,74 @@ async fn malformed_swarm_is_reported_and_skipped() {
     )
     .await;
     assert_eq!(action.unwrap(), Action::await_change());
+}
+
+/// With the watch caches filled, a reconcile lists nothing and reads no Secret: the members and
+/// their PeerIds come from the caches; and once the Service and ConfigMap in the cache are as
+/// desired and the status is unchanged, a pass writes nothing at all.
+#[tokio::test]
+async fn with_watch_caches_a_settled_swarm_costs_one_request() {
+    let swarm = swarm_object(2);
+    let members: Vec<SwarmMember> = (0..2)
+        .map(|o| {
+            member_object(
+                &swarm,
+                o,
+                Some(member_status(MemberPhase::Running, Some(peer_id(o)), None)),
+            )
+        })
+        .collect();
+
+    // 1. Service and ConfigMap not in the cache yet: applied; the status written.
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    ctx.use_caches(caches(vec![swarm.clone()], members.clone(), vec![], vec![]));
+    let (expected, written) = (swarm.clone(), Captured::default());
+    let keep = written.clone();
+    run(
+        server,
+        |mut server| async move {
+            server.get(PVC).await.ok(&model_claim());
+            let service = server.apply(SERVICE).await;
+            let service_stored = stored(service.body.clone());
+            service.applied();
+            let config_map = server.apply(CONFIG_MAP).await;
+            let config_map_stored = stored(config_map.body.clone());
+            config_map.applied();
+            let applied = json!([service_stored, config_map_stored]);
+            let status = expect_swarm_status(&mut server, &expected).await;
+            assert_eq!(status["readyReplicas"], 2);
+            keep.set(json!({"children": applied, "status": status}));
+            server
+        },
+        swarm::reconcile(ctx.clone(), swarm.clone()),
+    )
+    .await
+    .unwrap();
+
+    // 2. The cache holds what was applied, the Swarm its status: only the model claim is read.
+    let written = written.get();
+    let mut settled = swarm.clone();
+    settled.status = Some(serde_json::from_value(written["status"].clone()).unwrap());
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    ctx.use_caches(Caches {
+        services: listed(vec![
+            serde_json::from_value(written["children"][0].clone()).unwrap(),
+        ]),
+        config_maps: listed(vec![
+            serde_json::from_value(written["children"][1].clone()).unwrap(),
+        ]),
+        ..caches(vec![settled.clone()], members, vec![], vec![])
+    });
+    run(
+        server,
+        |mut server| async move {
+            server.get(PVC).await.ok(&model_claim());
+            server
+        },
+        swarm::reconcile(ctx.clone(), settled),
+    )
+    .await
+    .unwrap();
 }

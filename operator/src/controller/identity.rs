@@ -69,10 +69,8 @@ pub async fn ensure_identity(
 pub async fn read_identity(ctx: &Context, member: &SwarmMember) -> Result<Option<MemberKey>> {
     let namespace = member.namespace().unwrap_or_default();
     let secret_name = member.identity_secret_name();
-    Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&secret_name)
-        .await
-        .context(|| format!("get identity secret {namespace}/{secret_name}"))?
+    ctx.secret(&namespace, &secret_name)
+        .await?
         .map(|secret| identity_in(&secret, member))
         .transpose()
 }

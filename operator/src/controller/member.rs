@@ -17,7 +17,7 @@ use super::identity::read_identity;
 use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
 use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions};
 use crate::build::{TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_member_pod};
-use crate::error::{Error, KubeContext, Result};
+use crate::error::{Error, Result};
 use crate::ledger::{
     MEMBER_FINALIZER, Removal, ledger_target, registered_on, registered_status, removal,
     retry_delay,
@@ -49,10 +49,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     {
         return Ok(Action::await_change());
     }
-    let swarm = Api::<Swarm>::namespaced(client.clone(), &namespace)
-        .get_opt(&member.spec.swarm)
-        .await
-        .context(|| format!("get swarm {namespace}/{}", member.spec.swarm))?;
+    let swarm = ctx.swarm(&namespace, &member.spec.swarm).await?;
     if member.metadata.deletion_timestamp.is_some() {
         return leave_ledger(&ctx, swarm.as_ref(), &member, &members_api).await;
     }
@@ -104,10 +101,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let desired_pod = build_member_pod(&swarm, &member, &ctx.pod_settings);
-    let pod = pods
-        .get_opt(&name)
-        .await
-        .context(|| format!("get pod {namespace}/{name}"))?;
+    let pod = ctx.pod(&namespace, &name).await?;
     let now = Timestamp::now();
     let prior = member.status.clone().unwrap_or_default();
     let mut status = SwarmMemberStatus {

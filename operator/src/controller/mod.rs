@@ -1,6 +1,7 @@
 //! The two controllers and what they share. Reconcilers fetch, call the pure builders, apply with
 //! server-side apply and write status; nothing else.
 
+pub mod cache;
 pub mod identity;
 pub mod ledger;
 pub mod member;
@@ -9,7 +10,7 @@ pub mod swarm;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,7 +20,7 @@ use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -41,6 +42,8 @@ pub struct Context {
     pub rewards: ledger::Rewards,
     /// Whether this replica may write to ledgers now: it holds the leader Lease, or runs alone.
     pub leader: Arc<AtomicBool>,
+    /// The watches' stores, once [`run`] has started them; reads go to the API server without.
+    caches: OnceLock<cache::Caches>,
     retries: RetryBackoff,
 }
 
@@ -59,8 +62,15 @@ impl Context {
             ledgers: ledger::Ledgers::default(),
             rewards: ledger::Rewards::default(),
             leader: Arc::new(AtomicBool::new(true)),
+            caches: OnceLock::new(),
             retries: RetryBackoff::default(),
         }
+    }
+
+    /// Reads from now on come from these stores once they have listed. Set once; later calls
+    /// change nothing.
+    pub fn use_caches(&self, caches: cache::Caches) {
+        let _ = self.caches.set(caches);
     }
 
     /// The same context with other ledger timeouts and retries (tests use short ones).
@@ -364,6 +374,32 @@ pub async fn run(
         (shared.clone(), shared)
     };
 
+    // The children's watches fill the stores reconciles read (see `cache`) and trigger them.
+    let (services, services_writer) = reflector::store::<Service>();
+    let service_events = reflector(
+        services_writer,
+        watcher(scoped.of::<Service>(), managed.clone()).default_backoff(),
+    )
+    .touched_objects();
+    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
+    let config_map_events = reflector(
+        config_maps_writer,
+        watcher(scoped.of::<ConfigMap>(), managed.clone()).default_backoff(),
+    )
+    .touched_objects();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let pod_events = reflector(
+        pods_writer,
+        watcher(scoped.of::<Pod>(), managed.clone()).default_backoff(),
+    )
+    .touched_objects();
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let secret_events = reflector(
+        secrets_writer,
+        watcher(scoped.of::<Secret>(), managed).default_backoff(),
+    )
+    .touched_objects();
+
     let swarm_controller = Controller::new(
         scoped.of::<DeserializeGuard<Swarm>>(),
         watcher::Config::default(),
@@ -372,8 +408,8 @@ pub async fn run(
         scoped.of::<DeserializeGuard<SwarmMember>>(),
         watcher::Config::default(),
     )
-    .owns(scoped.of::<Service>(), managed.clone())
-    .owns(scoped.of::<ConfigMap>(), managed.clone())
+    .owns_stream(service_events)
+    .owns_stream(config_map_events)
     .graceful_shutdown_on(stop_swarms)
     .run(
         |obj, ctx| guarded(obj, ctx, "swarm", swarm::reconcile),
@@ -393,15 +429,28 @@ pub async fn run(
     let member_store = members.store();
     let secret_store = member_store.clone();
     // Members depend on the Swarm's spec only; its status changes with every member and must not
-    // re-reconcile all of them each time, so only new generations pass.
-    let swarm_spec_changes = watcher(
-        scoped.of::<DeserializeGuard<Swarm>>(),
-        watcher::Config::default(),
+    // re-reconcile all of them each time, so only new generations pass (the store sees them all).
+    let (swarms, swarms_writer) = reflector::store::<DeserializeGuard<Swarm>>();
+    let swarm_spec_changes = reflector(
+        swarms_writer,
+        watcher(
+            scoped.of::<DeserializeGuard<Swarm>>(),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
     .touched_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
+    ctx.use_caches(cache::Caches {
+        swarms,
+        members: members.store(),
+        pods,
+        secrets,
+        services,
+        config_maps,
+    });
     let member_controller = members
-        .owns(scoped.of::<Pod>(), managed.clone())
+        .owns_stream(pod_events)
         .watches_stream(swarm_spec_changes, move |swarm| {
             let namespace = swarm.namespace();
             let name = swarm.name_any();
@@ -414,7 +463,7 @@ pub async fn run(
                 .map(|m| ObjectRef::from_obj(m.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches(scoped.of::<Secret>(), managed, move |secret| {
+        .watches_stream(secret_events, move |secret| {
             let namespace = secret.namespace();
             let member = secret.labels().get(labels::MEMBER).cloned();
             secret_store

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
-use kube::api::{DeleteParams, ListParams};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -16,7 +16,7 @@ use super::identity::ensure_identity;
 use super::{
     Context, add_finalizer, apply, apply_status, apply_status_as, ledger, remove_finalizer,
 };
-use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions, labels};
+use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
 };
@@ -44,7 +44,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     if swarm.metadata.deletion_timestamp.is_some() {
         ctx.rewards
             .forget(swarm.metadata.uid.as_deref().unwrap_or_default());
-        return finish_deletion(&swarm, &swarms_api, &members_api).await;
+        return finish_deletion(&ctx, &swarm, &swarms_api, &members_api).await;
     }
     let reference = swarm.object_ref(&());
     if swarm.spec.ledger.is_some() {
@@ -53,11 +53,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     }
 
     let problem = check_model_source(&swarm, &ctx).await?;
-    let listed = members_api
-        .list(&ListParams::default().labels(&labels::swarm_selector(&name)))
-        .await
-        .context(|| format!("list members of {namespace}/{name}"))?
-        .items;
+    let listed = ctx.members_of(&namespace, &name).await?;
 
     let desired = swarm.desired_replicas();
     let mut members: Vec<SwarmMember> = Vec::with_capacity(listed.len());
@@ -79,10 +75,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     surplus.sort_by_key(|m| std::cmp::Reverse(m.spec.ordinal));
     for member in surplus {
         let member_name = member.name_any();
-        members_api
-            .delete(&member_name, &DeleteParams::background())
-            .await
-            .context(|| format!("delete member {namespace}/{member_name}"))?;
+        delete_member(&members_api, &member_name).await?;
         removed.push(member_name);
     }
 
@@ -101,17 +94,10 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     members.sort_by_key(|m| m.spec.ordinal);
     let bootstrap_peers = bootstrap_peers(&ctx, &swarm, &members).await?;
 
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &namespace),
-        &build_peers_service(&swarm),
-    )
-    .await?;
+    ctx.apply_service(&build_peers_service(&swarm)).await?;
     let config = build_node_config(&swarm, bootstrap_peers.clone());
-    apply(
-        &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-        &build_config_map(&swarm, &config)?,
-    )
-    .await?;
+    ctx.apply_config_map(&build_config_map(&swarm, &config)?)
+        .await?;
 
     // Last before the status, so that a contract deployed now is recorded by the very next write.
     let now = Timestamp::now();
@@ -271,6 +257,7 @@ fn ledger_failing_since(swarm: &Swarm, reason: &str) -> Option<Timestamp> {
 /// A Swarm being deleted with members on a ledger: its members are deleted first (each deregisters
 /// through its own finalizer, which needs the Swarm's ledger settings); then the Swarm may go.
 async fn finish_deletion(
+    ctx: &Context,
     swarm: &Swarm,
     swarms_api: &Api<Swarm>,
     members_api: &Api<SwarmMember>,
@@ -279,21 +266,14 @@ async fn finish_deletion(
         // Owner references hand the children to the garbage collector.
         return Ok(Action::await_change());
     }
-    let name = swarm.name_any();
-    let members = members_api
-        .list(&ListParams::default().labels(&labels::swarm_selector(&name)))
-        .await
-        .context(|| format!("list members of {name}"))?
-        .items;
+    let members = ctx
+        .members_of(&swarm.namespace().unwrap_or_default(), &swarm.name_any())
+        .await?;
     for member in members
         .iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
     {
-        let member_name = member.name_any();
-        members_api
-            .delete(&member_name, &DeleteParams::background())
-            .await
-            .context(|| format!("delete member {member_name}"))?;
+        delete_member(members_api, &member.name_any()).await?;
     }
     if !members.is_empty() {
         // Each member's removal is an event on an owned object and brings the Swarm back sooner.
@@ -301,6 +281,18 @@ async fn finish_deletion(
     }
     remove_finalizer(swarms_api, swarm, SWARM_FINALIZER).await?;
     Ok(Action::await_change())
+}
+
+/// Deletes a member; one already gone counts as deleted (the member cache may still show it).
+async fn delete_member(members_api: &Api<SwarmMember>, name: &str) -> Result<()> {
+    match members_api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(crate::error::Error::Kube {
+            action: format!("delete member {name}"),
+            source,
+        }),
+    }
 }
 
 /// A Swarm whose weights live on a claim that does not exist cannot start any member.

@@ -24,6 +24,12 @@ use swarm_operator::controller::Context;
 use swarm_operator::metrics::Metrics;
 use swarm_operator::status::Readiness;
 
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
+use swarm_operator::controller::cache::Caches;
+
 use super::{ApiServer, Exchange};
 
 pub const NS: &str = "research";
@@ -412,4 +418,45 @@ pub fn requeue_after(action: &Action) -> Option<Duration> {
     Some(Duration::from_secs_f64(
         inner.strip_suffix('s')?.parse().ok()?,
     ))
+}
+
+/// A store that has listed once and holds `objects`, as a watch leaves it.
+pub fn listed<K>(objects: Vec<K>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut writer = Writer::<K>::default();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    writer.as_reader()
+}
+
+/// Watch caches holding exactly these objects, and no Service or ConfigMap.
+pub fn caches(
+    swarms: Vec<Swarm>,
+    members: Vec<SwarmMember>,
+    pods: Vec<Pod>,
+    secrets: Vec<Secret>,
+) -> Caches {
+    Caches {
+        swarms: listed(
+            swarms
+                .into_iter()
+                .map(|s| DeserializeGuard(Ok(s)))
+                .collect(),
+        ),
+        members: listed(
+            members
+                .into_iter()
+                .map(|m| DeserializeGuard(Ok(m)))
+                .collect(),
+        ),
+        pods: listed(pods),
+        secrets: listed(secrets),
+        services: listed(Vec::new()),
+        config_maps: listed(Vec::new()),
+    }
 }
