@@ -54,7 +54,9 @@ fn operator_exposition() -> String {
     let operator = swarm_operator::metrics::Metrics::register(&mut metrics);
     drop(operator.start("swarm"));
     operator.failed("swarm", "Conflict");
-    operator.api_requests.inc(&[("method", "GET")]);
+    operator
+        .api_requests
+        .inc(&[("method", "GET"), ("resource", "pods")]);
     let mut text = String::new();
     encode(&mut text, &metrics.into_registry()).unwrap();
     text

@@ -6,7 +6,7 @@ use swarm_telemetry::{Counter, Histogram, exponential_buckets};
 
 #[derive(Clone)]
 pub struct Metrics {
-    /// Every request the operator sends to the API server, by HTTP method.
+    /// Every request the operator sends to the API server, by HTTP method and resource.
     pub api_requests: Counter,
     pub reconciliations: Counter,
     pub failures: Counter,
@@ -18,7 +18,7 @@ impl Metrics {
         Self {
             api_requests: metrics.counter(
                 "swarm_operator_api_requests",
-                "Requests sent to the Kubernetes API server, by method",
+                "Requests sent to the Kubernetes API server, by method and resource",
             ),
             reconciliations: metrics
                 .counter("swarm_operator_reconciliations", "Reconciliations started"),
@@ -51,7 +51,11 @@ impl Metrics {
     {
         let requests = self.api_requests.clone();
         tower::util::MapRequestLayer::new(move |request: http::Request<B>| {
-            requests.inc(&[("method", request.method().as_str())]);
+            let resource = resource_of(request.uri().path());
+            requests.inc(&[
+                ("method", request.method().as_str()),
+                ("resource", resource.as_str()),
+            ]);
             request
         })
     }
@@ -59,6 +63,27 @@ impl Metrics {
     pub fn failed(&self, controller: &'static str, reason: &'static str) {
         self.failures
             .inc(&[("controller", controller), ("reason", reason)]);
+    }
+}
+
+/// The resource a request path addresses, as `pods` or `swarms/status`: the segment after the
+/// group version (and namespace), with the subresource after the name.
+fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let after_version = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let within = match after_version {
+        ["namespaces", _, rest @ ..] if !rest.is_empty() => rest,
+        all => all,
+    };
+    match within {
+        [resource] | [resource, _] => (*resource).to_owned(),
+        [resource, _, subresource, ..] => format!("{resource}/{subresource}"),
+        [] => "other".to_owned(),
     }
 }
 
@@ -114,11 +139,47 @@ mod tests {
         let service = metrics.count_requests().layer(tower::service_fn(
             |_request: http::Request<()>| async { Ok::<_, std::convert::Infallible>(()) },
         ));
-        for method in [http::Method::GET, http::Method::PATCH, http::Method::GET] {
-            let request = http::Request::builder().method(method).body(()).unwrap();
+        for (method, path) in [
+            (http::Method::GET, "/api/v1/namespaces/research/pods/demo-0"),
+            (
+                http::Method::PATCH,
+                "/apis/rlswarm.dev/v1alpha1/namespaces/research/swarms/demo/status",
+            ),
+            (http::Method::GET, "/api/v1/namespaces/research/pods/demo-1"),
+        ] {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
             service.clone().oneshot(request).await.unwrap();
         }
-        let count = |method: &str| metrics.api_requests.get(&[("method", method)]);
-        assert_eq!((count("GET"), count("PATCH"), count("POST")), (2, 1, 0));
+        let count = |method: &str, resource: &str| {
+            metrics
+                .api_requests
+                .get(&[("method", method), ("resource", resource)])
+        };
+        assert_eq!(count("GET", "pods"), 2);
+        assert_eq!(count("PATCH", "swarms/status"), 1);
+        assert_eq!(count("POST", "pods"), 0);
+    }
+
+    #[test]
+    fn requests_are_named_by_resource() {
+        for (path, resource) in [
+            ("/api/v1/namespaces/ns/pods", "pods"),
+            ("/api/v1/namespaces/ns/pods/a", "pods"),
+            ("/api/v1/namespaces/ns/pods/a/status", "pods/status"),
+            ("/apis/events.k8s.io/v1/namespaces/ns/events", "events"),
+            ("/apis/rlswarm.dev/v1alpha1/swarms", "swarms"),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/ops/leases/x",
+                "leases",
+            ),
+            ("/api/v1/namespaces/ns", "namespaces"),
+            ("/version", "other"),
+        ] {
+            assert_eq!(resource_of(path), resource, "{path}");
+        }
     }
 }

@@ -35,12 +35,9 @@ async fn swarm_create_applies_every_member_and_identity_then_a_complete_config_a
             let list = server.get(MEMBERS).await;
             assert_eq!(list.query("labelSelector"), Some("rlswarm.dev/swarm=demo"));
             list.ok(&member_list(&[]));
-            for ordinal in 0..3 {
-                expect_member_apply(&mut server, ordinal).await;
-            }
             let mut peers = Vec::new();
             for ordinal in 0..3 {
-                let key = expect_identity_created(&mut server, ordinal).await;
+                let key = expect_new_member(&mut server, ordinal).await;
                 peers.push(multiaddr(&format!("demo-{ordinal}"), &key.peer_id_string()));
             }
             expect_service_apply(&mut server).await;
@@ -102,11 +99,9 @@ async fn scale_up_applies_and_gives_identities_to_the_new_members_only() {
             let list = server.get(MEMBERS).await;
             assert_eq!(list.query("labelSelector"), Some("rlswarm.dev/swarm=demo"));
             list.ok(&member_list(&existing));
-            expect_member_apply(&mut server, 2).await;
-            expect_member_apply(&mut server, 3).await;
             // The known members' PeerIds come from their status; only the new ones' Secrets.
-            let third = expect_identity_created(&mut server, 2).await;
-            let fourth = expect_identity_created(&mut server, 3).await;
+            let third = expect_new_member(&mut server, 2).await;
+            let fourth = expect_new_member(&mut server, 3).await;
             expect_service_apply(&mut server).await;
             let peers = vec![
                 multiaddr("demo-0", &peer_id(0)),
@@ -219,12 +214,12 @@ async fn member_deleted_by_hand_is_replaced_under_its_own_name_and_identity() {
         |mut server| async move {
             server.get(PVC).await.ok(&model_claim());
             server.get(MEMBERS).await.ok(&member_list(&existing));
-            expect_member_apply(&mut server, 1).await;
             // Its identity outlived it (the Swarm owns the Secret): read, never replaced.
             server
                 .get(&format!("{SECRETS}/demo-1-identity"))
                 .await
                 .ok_with(&returning);
+            expect_member_apply(&mut server, 1).await;
             expect_service_apply(&mut server).await;
             let config = expect_config_apply(&mut server).await;
             assert_eq!(
@@ -377,7 +372,6 @@ async fn identity_race_lost_to_another_writer_uses_the_winners_key() {
         |mut server| async move {
             server.get(PVC).await.ok(&model_claim());
             server.get(MEMBERS).await.ok(&member_list(&[]));
-            expect_member_apply(&mut server, 0).await;
             server
                 .get(&format!("{SECRETS}/demo-0-identity"))
                 .await
@@ -391,6 +385,7 @@ async fn identity_race_lost_to_another_writer_uses_the_winners_key() {
                 .get(&format!("{SECRETS}/demo-0-identity"))
                 .await
                 .ok_with(&secret);
+            expect_member_apply(&mut server, 0).await;
             // No IdentityCreated: this operator did not create the identity.
             expect_service_apply(&mut server).await;
             let config = expect_config_apply(&mut server).await;

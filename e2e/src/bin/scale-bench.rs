@@ -43,14 +43,17 @@ async fn main() {
             row.requests as f64 / n as f64,
             row.peak_rss_kib as f64 / 1024.0
         );
-        eprintln!("  requests by method for {n}: {:?}", row.by_method);
+        eprintln!("  requests per member for {n}, by method and resource:");
+        for (kind, count) in &row.by_kind {
+            eprintln!("    {kind}: {:.2}", *count as f64 / n as f64);
+        }
     }
 }
 
 struct Row {
     seconds: f64,
     requests: u64,
-    by_method: BTreeMap<String, u64>,
+    by_kind: BTreeMap<String, u64>,
     peak_rss_kib: u64,
 }
 
@@ -132,7 +135,7 @@ async fn run(env: &Env, client: &kube::Client, n: usize) -> Row {
     // Let the status writes that follow readiness finish before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = requests(&operator).await;
-    let by_method: BTreeMap<String, u64> = after
+    let by_kind: BTreeMap<String, u64> = after
         .iter()
         .map(|(method, count)| {
             (
@@ -143,20 +146,27 @@ async fn run(env: &Env, client: &kube::Client, n: usize) -> Row {
         .collect();
     Row {
         seconds,
-        requests: by_method.values().sum(),
-        by_method,
+        requests: by_kind.values().sum(),
+        by_kind,
         peak_rss_kib: operator.peak_rss_kib().unwrap_or(0),
     }
 }
 
-/// `swarm_operator_api_requests_total` by method, from the operator's /metrics.
+/// `swarm_operator_api_requests_total` by "METHOD resource", from the operator's /metrics.
 async fn requests(operator: &OperatorProcess) -> BTreeMap<String, u64> {
     let text = operator.metrics().await.expect("operator metrics");
     text.lines()
-        .filter_map(|line| line.strip_prefix("swarm_operator_api_requests_total{method=\""))
+        .filter_map(|line| line.strip_prefix("swarm_operator_api_requests_total{"))
         .filter_map(|rest| {
-            let (method, value) = rest.split_once("\"} ")?;
-            Some((method.to_owned(), value.trim().parse().ok()?))
+            let (labels, value) = rest.split_once("} ")?;
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+            };
+            let key = format!("{} {}", label("method")?, label("resource")?);
+            Some((key, value.trim().parse().ok()?))
         })
         .collect()
 }

@@ -16,13 +16,16 @@ use crate::error::{Error, KubeContext, Result};
 /// The key in `member`'s identity Secret, creating the Secret with a new key when there is none.
 /// Creation (never apply) makes a concurrent or restarted operator lose the race instead of
 /// overwriting a key already in use: the Secret created first wins and its key is read.
+/// `member` need not exist yet: a new member's Secret is created before it, so that its
+/// controller finds the Secret on its first pass. The IdentityCreated Event goes on `member` once
+/// it exists (`Some` reference).
 pub async fn ensure_identity(
     ctx: &Context,
     swarm: &Swarm,
     member: &SwarmMember,
-) -> Result<MemberKey> {
+) -> Result<(MemberKey, Option<IdentityCreated>)> {
     if let Some(key) = read_identity(ctx, member).await? {
-        return Ok(key);
+        return Ok((key, None));
     }
     let namespace = member.namespace().unwrap_or_default();
     let secret_name = member.identity_secret_name();
@@ -38,30 +41,45 @@ pub async fn ensure_identity(
     {
         Ok(_) => {
             info!(member = %member.name_any(), peer_id = %key.peer_id_string(), "created member identity");
-            ctx.event(
-                &member.object_ref(&()),
-                EventType::Normal,
-                "IdentityCreated",
-                format!(
+            let created = IdentityCreated {
+                note: format!(
                     "peer id {}, address {}",
                     key.peer_id_string(),
                     key.address()
                 ),
-            )
-            .await;
-            Ok(key)
+            };
+            Ok((key, Some(created)))
         }
         Err(kube::Error::Api(status)) if status.is_already_exists() => {
             let secret = secrets
                 .get(&secret_name)
                 .await
                 .context(|| format!("get identity secret {namespace}/{secret_name}"))?;
-            identity_in(&secret, member)
+            Ok((identity_in(&secret, member)?, None))
         }
         Err(source) => Err(Error::Kube {
             action: format!("create identity secret {namespace}/{secret_name}"),
             source,
         }),
+    }
+}
+
+/// An identity this operator created, to announce on its member.
+#[derive(Debug)]
+pub struct IdentityCreated {
+    note: String,
+}
+
+impl IdentityCreated {
+    /// The member's IdentityCreated Event.
+    pub async fn announce(self, ctx: &Context, member: &SwarmMember) {
+        ctx.event(
+            &member.object_ref(&()),
+            EventType::Normal,
+            "IdentityCreated",
+            self.note,
+        )
+        .await;
     }
 }
 

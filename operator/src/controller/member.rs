@@ -194,11 +194,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
             }
             let wait = remaining_backoff(&status, now);
             if wait.is_zero() {
-                apply(&pods, &desired_pod).await?;
-                status.pod = Some(name.clone());
-                status.phase = Some(MemberPhase::Pending);
-                status.node = None;
-                status.message = Some("pod created; waiting for the scheduler".into());
+                let created = apply(&pods, &desired_pod).await?;
                 ctx.event(
                     &reference,
                     EventType::Normal,
@@ -206,6 +202,14 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                     format!("created pod {name}"),
                 )
                 .await;
+                if prior.pod.is_none() {
+                    // Nothing to record but the new pod, whose watch event brings this member
+                    // back at once to show it: one status write instead of two. (A vanished pod's
+                    // failure, just counted above, is written now.)
+                    return Ok(Action::requeue(WAIT_FOR_REMOVAL));
+                }
+                apply_observation(&mut status, &created);
+                status.pod = Some(name.clone());
             } else {
                 status.phase = Some(MemberPhase::Failed);
                 status.message = Some(format!(

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Servic
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, predicates, watcher};
@@ -31,6 +31,9 @@ use crate::api::{FIELD_MANAGER, Swarm, SwarmMember, labels};
 use crate::build::PodSettings;
 use crate::error::{Error, KubeContext, Result};
 use crate::metrics::Metrics;
+
+/// How long the member controller waits after a member's last trigger before reconciling it.
+const MEMBER_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// What every reconciliation needs.
 pub struct Context {
@@ -422,10 +425,13 @@ pub async fn run(
         }
     });
 
+    // A new pod passes through several states within a second (bound, started, ready); waiting
+    // that long after a member's last trigger shows it once instead of once per state.
     let members = Controller::new(
         scoped.of::<DeserializeGuard<SwarmMember>>(),
         watcher::Config::default(),
-    );
+    )
+    .with_config(controller::Config::default().debounce(MEMBER_DEBOUNCE));
     let member_store = members.store();
     let secret_store = member_store.clone();
     // Members depend on the Swarm's spec only; its status changes with every member and must not

@@ -80,19 +80,34 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     }
 
     let mut created = Vec::new();
+    let mut known_peer_ids = HashMap::new();
     if problem.is_none() {
         let present: BTreeSet<u32> = members
             .iter()
             .filter_map(|m| u32::try_from(m.spec.ordinal).ok())
             .collect();
         for ordinal in (0..desired).filter(|o| !present.contains(o)) {
-            let member = apply(&members_api, &build_member(&swarm, ordinal)).await?;
+            let new_member = build_member(&swarm, ordinal);
+            // The identity first, so the member's controller finds its Secret on its first pass.
+            let identity = match ensure_identity(&ctx, &swarm, &new_member).await {
+                Ok(identity) => Some(identity),
+                // The member's own controller reports an unusable Secret in its status.
+                Err(error) if error.is_identity_problem() => None,
+                Err(error) => return Err(error),
+            };
+            let member = apply(&members_api, &new_member).await?;
+            if let Some((key, announcement)) = identity {
+                known_peer_ids.insert(member.name_any(), key.peer_id_string());
+                if let Some(announcement) = announcement {
+                    announcement.announce(&ctx, &member).await;
+                }
+            }
             created.push(member.name_any());
             members.push(member);
         }
     }
     members.sort_by_key(|m| m.spec.ordinal);
-    let bootstrap_peers = bootstrap_peers(&ctx, &swarm, &members).await?;
+    let bootstrap_peers = bootstrap_peers(&ctx, &swarm, &members, &known_peer_ids).await?;
 
     ctx.apply_service(&build_peers_service(&swarm)).await?;
     let config = build_node_config(&swarm, bootstrap_peers.clone());
@@ -192,29 +207,40 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
 }
 
 /// Every live member's bootstrap multiaddr, so the ConfigMap lists them all in one pass: the PeerId
-/// from the member's status once its controller has published it, else from its identity Secret,
-/// created here for a new member.
+/// from the member's status once its controller has published it, else from `known` (the
+/// identities this pass created), else from its identity Secret, created here if missing.
 async fn bootstrap_peers(
     ctx: &Context,
     swarm: &Swarm,
     members: &[SwarmMember],
+    known: &HashMap<String, String>,
 ) -> Result<Vec<String>> {
     let mut peers = Vec::with_capacity(members.len());
     for member in members
         .iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
     {
-        let published = member.status.as_ref().and_then(|s| s.peer_id.clone());
+        let name = member.name_any();
+        let published = member
+            .status
+            .as_ref()
+            .and_then(|s| s.peer_id.clone())
+            .or_else(|| known.get(&name).cloned());
         let peer_id = match published {
             Some(peer_id) => peer_id,
             None => match ensure_identity(ctx, swarm, member).await {
-                Ok(key) => key.peer_id_string(),
+                Ok((key, announcement)) => {
+                    if let Some(announcement) = announcement {
+                        announcement.announce(ctx, member).await;
+                    }
+                    key.peer_id_string()
+                }
                 // The member's own controller reports an unusable Secret in its status.
                 Err(error) if error.is_identity_problem() => continue,
                 Err(error) => return Err(error),
             },
         };
-        peers.push(bootstrap_multiaddr(swarm, &member.name_any(), &peer_id));
+        peers.push(bootstrap_multiaddr(swarm, &name, &peer_id));
     }
     Ok(peers)
 }

@@ -261,9 +261,9 @@ pub async fn expect_member_apply(server: &mut ApiServer, ordinal: u32) {
 }
 
 /// The headless Service apply, answered as stored.
-/// The Swarm controller gives the new member `demo-<ordinal>` its identity: a GET that finds no
-/// Secret, the Secret's creation (checked), and the member's IdentityCreated Event. Returns the key.
-pub async fn expect_identity_created(server: &mut ApiServer, ordinal: u32) -> MemberKey {
+/// The Swarm controller creates the identity of member `demo-<ordinal>`: a GET that finds no
+/// Secret, then the Secret's creation (checked). Returns the key.
+pub async fn expect_secret_created(server: &mut ApiServer, ordinal: u32) -> MemberKey {
     let member = format!("demo-{ordinal}");
     server
         .get(&format!("{SECRETS}/{member}-identity"))
@@ -292,6 +292,12 @@ pub async fn expect_identity_created(server: &mut ApiServer, ordinal: u32) -> Me
     assert_eq!(annotations["rlswarm.dev/peer-id"], key.peer_id_string());
     assert_eq!(annotations["rlswarm.dev/address"], key.address());
     create.created();
+    key
+}
+
+/// The IdentityCreated Event on member `demo-<ordinal>`, naming `key`'s PeerId and never the key.
+pub async fn expect_identity_event(server: &mut ApiServer, ordinal: u32, key: &MemberKey) {
+    let member = format!("demo-{ordinal}");
 
     let event = server.event(NS, "Normal", "IdentityCreated").await;
     assert_eq!(event["regarding"]["kind"], "SwarmMember");
@@ -302,6 +308,21 @@ pub async fn expect_identity_created(server: &mut ApiServer, ordinal: u32) -> Me
         !note.contains(&key.secret_data()),
         "the key must never appear in an event"
     );
+}
+
+/// An existing member without a PeerId gets its identity: the Secret created, then the Event.
+pub async fn expect_identity_created(server: &mut ApiServer, ordinal: u32) -> MemberKey {
+    let key = expect_secret_created(server, ordinal).await;
+    expect_identity_event(server, ordinal, &key).await;
+    key
+}
+
+/// A new member: its identity Secret first (so its controller finds it at once), then the
+/// member, then the IdentityCreated Event on it.
+pub async fn expect_new_member(server: &mut ApiServer, ordinal: u32) -> MemberKey {
+    let key = expect_secret_created(server, ordinal).await;
+    expect_member_apply(server, ordinal).await;
+    expect_identity_event(server, ordinal, &key).await;
     key
 }
 
