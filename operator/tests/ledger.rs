@@ -34,8 +34,8 @@ use swarm_operator::ledger::deployment_salt;
 
 use chain::{CHAIN_ID, Chain, closed_port};
 use support::fixtures::{
-    CONFIG_MAP, DEFAULT_IMAGE, KEY, MEMBERS, NS, PVC, SERVICE, SWARM, SWARM_STATUS, SWARM_UID,
-    answer_status, condition, new_context,
+    CONFIG_MAP, DEFAULT_IMAGE, KEY, MEMBERS, NS, PVC, SERVICE, SWARM, SWARM_STATUS, answer_status,
+    condition, new_context, swarm_object,
 };
 use support::{ApiServer, mock_client, run};
 
@@ -68,32 +68,20 @@ fn context(client: Client) -> Arc<Context> {
 
 /// `research/demo` with a ledger at `rpc_url`, created `age` ago with 10 s rounds.
 fn ledger_swarm(replicas: i32, rpc_url: &str, contract: Value, age: SignedDuration) -> Swarm {
-    let created = Timestamp::now() - age;
-    serde_json::from_value(json!({
-        "apiVersion": "rlswarm.dev/v1alpha1",
-        "kind": "Swarm",
-        "metadata": {
-            "name": "demo",
-            "namespace": NS,
-            "uid": SWARM_UID,
-            "generation": 1,
-            "resourceVersion": "100",
-            "creationTimestamp": created.to_string(),
-        },
-        "spec": {
-            "replicas": replicas,
-            "model": {"source": {"pvc": {"claimName": "models"}}},
-            "rounds": {"durationSeconds": 10},
-            "ledger": {
-                "rpcUrl": rpc_url,
-                "chainId": CHAIN_ID,
-                "contract": contract,
-                "operatorKeySecret": {"name": "ledger-operator"},
-                "memberFunding": "0.5",
-            },
-        },
-    }))
-    .unwrap()
+    let mut swarm = swarm_object(replicas);
+    swarm.metadata.creation_timestamp = Some(Time(Timestamp::now() - age));
+    swarm.spec.rounds = serde_json::from_value(json!({"durationSeconds": 10})).unwrap();
+    swarm.spec.ledger = Some(
+        serde_json::from_value(json!({
+            "rpcUrl": rpc_url,
+            "chainId": CHAIN_ID,
+            "contract": contract,
+            "operatorKeySecret": {"name": "ledger-operator"},
+            "memberFunding": "0.5",
+        }))
+        .unwrap(),
+    );
+    swarm
 }
 
 fn secret(name: &str, key: &MemberKey) -> Secret {

@@ -360,6 +360,23 @@ impl Scoped {
     }
 }
 
+/// A watch of `api` whose objects fill the returned store before they reach the returned trigger
+/// stream (touched objects, deletions included).
+fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    (store, events)
+}
+
 /// Runs both controllers until `shutdown` resolves; in-flight reconciliations finish first.
 pub async fn run(
     ctx: Arc<Context>,
@@ -378,30 +395,10 @@ pub async fn run(
     };
 
     // The children's watches fill the stores reconciles read (see `cache`) and trigger them.
-    let (services, services_writer) = reflector::store::<Service>();
-    let service_events = reflector(
-        services_writer,
-        watcher(scoped.of::<Service>(), managed.clone()).default_backoff(),
-    )
-    .touched_objects();
-    let (config_maps, config_maps_writer) = reflector::store::<ConfigMap>();
-    let config_map_events = reflector(
-        config_maps_writer,
-        watcher(scoped.of::<ConfigMap>(), managed.clone()).default_backoff(),
-    )
-    .touched_objects();
-    let (pods, pods_writer) = reflector::store::<Pod>();
-    let pod_events = reflector(
-        pods_writer,
-        watcher(scoped.of::<Pod>(), managed.clone()).default_backoff(),
-    )
-    .touched_objects();
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let secret_events = reflector(
-        secrets_writer,
-        watcher(scoped.of::<Secret>(), managed).default_backoff(),
-    )
-    .touched_objects();
+    let (services, service_events) = cached_watch(scoped.of::<Service>(), managed.clone());
+    let (config_maps, config_map_events) = cached_watch(scoped.of::<ConfigMap>(), managed.clone());
+    let (pods, pod_events) = cached_watch(scoped.of::<Pod>(), managed.clone());
+    let (secrets, secret_events) = cached_watch(scoped.of::<Secret>(), managed);
 
     let swarm_controller = Controller::new(
         scoped.of::<DeserializeGuard<Swarm>>(),
@@ -436,17 +433,12 @@ pub async fn run(
     let secret_store = member_store.clone();
     // Members depend on the Swarm's spec only; its status changes with every member and must not
     // re-reconcile all of them each time, so only new generations pass (the store sees them all).
-    let (swarms, swarms_writer) = reflector::store::<DeserializeGuard<Swarm>>();
-    let swarm_spec_changes = reflector(
-        swarms_writer,
-        watcher(
-            scoped.of::<DeserializeGuard<Swarm>>(),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let (swarms, swarm_events) = cached_watch(
+        scoped.of::<DeserializeGuard<Swarm>>(),
+        watcher::Config::default(),
+    );
+    let swarm_spec_changes =
+        swarm_events.predicate_filter(predicates::generation, PredicateConfig::default());
     ctx.use_caches(cache::Caches {
         swarms,
         members: members.store(),
