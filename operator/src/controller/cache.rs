@@ -5,7 +5,9 @@
 //! once, reads go to the API server, so a reconcile that runs early never mistakes an unfilled
 //! store for a missing object. A store may lag a write by one watch event; every decision taken on
 //! a stale object is revisited by that event (applies are idempotent, a create that loses a race
-//! reads the winner, a pod still shown after its deletion is waited for).
+//! reads the winner, a pod still shown after its deletion is waited for). For that to hold, a
+//! controller reads a kind from the same watch that triggers it for that kind: the reflector
+//! updates its store before it passes the event on.
 
 use std::fmt::Debug;
 

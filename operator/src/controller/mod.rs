@@ -399,15 +399,19 @@ pub async fn run(
     let (config_maps, config_map_events) = cached_watch(scoped.of::<ConfigMap>(), managed.clone());
     let (pods, pod_events) = cached_watch(scoped.of::<Pod>(), managed.clone());
     let (secrets, secret_events) = cached_watch(scoped.of::<Secret>(), managed);
+    // The Swarm controller reads members from the same watch that triggers it: a trigger from
+    // another watch could arrive before this store has the change, and the Swarm's status would
+    // keep the old count until the next resync.
+    let (member_cache, member_events) = cached_watch(
+        scoped.of::<DeserializeGuard<SwarmMember>>(),
+        watcher::Config::default(),
+    );
 
     let swarm_controller = Controller::new(
         scoped.of::<DeserializeGuard<Swarm>>(),
         watcher::Config::default(),
     )
-    .owns(
-        scoped.of::<DeserializeGuard<SwarmMember>>(),
-        watcher::Config::default(),
-    )
+    .owns_stream(member_events)
     .owns_stream(service_events)
     .owns_stream(config_map_events)
     .graceful_shutdown_on(stop_swarms)
@@ -441,7 +445,7 @@ pub async fn run(
         swarm_events.predicate_filter(predicates::generation, PredicateConfig::default());
     ctx.use_caches(cache::Caches {
         swarms,
-        members: members.store(),
+        members: member_cache,
         pods,
         secrets,
         services,
