@@ -175,18 +175,12 @@ impl LedgerClient {
         let action = "deploy the coordinator contract";
         let sender = Sender::new(action, rpc_url, chain_id, signer, options)?;
         sender.check_chain(action, chain_id).await?;
+        let address = deterministic_address(sender.account, salt);
         let init_code = crate::creation_code(sender.account);
-        let address = CREATE2_FACTORY.create2_from_code(salt, &init_code);
         let sender = &sender;
         let has_code = |at: Address| async move {
             Ok::<_, Failure>(!sender.provider.get_code_at(at).await?.is_empty())
         };
-        if sender.retry(action, || has_code(address)).await? {
-            return Ok(Deployment {
-                address,
-                sent: false,
-            });
-        }
         if !sender.retry(action, || has_code(CREATE2_FACTORY)).await? {
             return Err(LedgerError::new(
                 action,
@@ -198,8 +192,8 @@ impl LedgerClient {
             .with_input([salt.as_slice(), &init_code].concat());
         sender
             .retry(action, || async move {
-                // An earlier attempt whose receipt was lost, or another caller, may have
-                // deployed it since.
+                // Deployed already: by an earlier call, an attempt whose receipt was lost, or
+                // another caller.
                 if has_code(address).await? {
                     return Ok(Deployment {
                         address,

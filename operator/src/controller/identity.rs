@@ -17,8 +17,8 @@ use crate::error::{Error, KubeContext, Result};
 /// Creation (never apply) makes a concurrent or restarted operator lose the race instead of
 /// overwriting a key already in use: the Secret created first wins and its key is read.
 /// `member` need not exist yet: a new member's Secret is created before it, so that its
-/// controller finds the Secret on its first pass. The IdentityCreated Event goes on `member` once
-/// it exists (`Some` reference).
+/// controller finds the Secret on its first pass. When this call created the Secret it also
+/// returns the [`IdentityCreated`] to announce once the member exists.
 pub async fn ensure_identity(
     ctx: &Context,
     swarm: &Swarm,
@@ -71,15 +71,17 @@ pub struct IdentityCreated {
 }
 
 impl IdentityCreated {
-    /// The member's IdentityCreated Event.
-    pub async fn announce(self, ctx: &Context, member: &SwarmMember) {
-        ctx.event(
-            &member.object_ref(&()),
-            EventType::Normal,
-            "IdentityCreated",
-            self.note,
-        )
-        .await;
+    /// The member's IdentityCreated Event, when there is an identity to announce.
+    pub async fn announce(created: Option<Self>, ctx: &Context, member: &SwarmMember) {
+        if let Some(created) = created {
+            ctx.event(
+                &member.object_ref(&()),
+                EventType::Normal,
+                "IdentityCreated",
+                created.note,
+            )
+            .await;
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use swarm_identity::MemberKey;
 use tracing::info;
 
 use super::identity::read_identity;
-use super::{Context, add_finalizer, apply, apply_status, ledger, remove_finalizer};
+use super::{Context, add_finalizer, apply, apply_status, delete, ledger, remove_finalizer};
 use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions};
 use crate::build::{TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_member_pod};
 use crate::error::{Error, Result};
@@ -158,7 +158,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 _ => {}
             }
             if seen.failed {
-                delete_pod(&pods, &name).await?;
+                delete(&pods, &name, &DeleteParams::default()).await?;
                 status.pod = None;
                 record_failure(&mut status, now);
                 requeue = replacement_backoff(status.failure_streak);
@@ -174,7 +174,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 )
                 .await;
             } else if template_hash(&pod) != template_hash(&desired_pod) {
-                delete_pod(&pods, &name).await?;
+                delete(&pods, &name, &DeleteParams::default()).await?;
                 status.pod = None;
                 requeue = WAIT_FOR_REMOVAL;
                 ctx.event(
@@ -425,17 +425,6 @@ fn remaining_backoff(status: &SwarmMemberStatus, now: Timestamp) -> Duration {
         .unwrap_or(SignedDuration::ZERO);
     let ready_at = failed_at.saturating_add(backoff).unwrap_or(failed_at);
     Duration::try_from(ready_at.duration_since(now)).unwrap_or(Duration::ZERO)
-}
-
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
-    match pods.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(source) => Err(Error::Kube {
-            action: format!("delete pod {name}"),
-            source,
-        }),
-    }
 }
 
 #[cfg(test)]

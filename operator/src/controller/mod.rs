@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -151,6 +151,21 @@ where
     )
     .await
     .context(|| format!("apply {} {name}", K::kind(&())))
+}
+
+/// Deletes the object `name`; one already gone counts as deleted (a watch cache may still show it).
+pub async fn delete<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("delete {} {name}", K::kind(&())),
+            source,
+        }),
+    }
 }
 
 /// Writes `status` of the object with server-side apply on the status subresource.

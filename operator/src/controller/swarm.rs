@@ -12,9 +12,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::identity::ensure_identity;
+use super::identity::{IdentityCreated, ensure_identity};
 use super::{
-    Context, add_finalizer, apply, apply_status, apply_status_as, ledger, remove_finalizer,
+    Context, add_finalizer, apply, apply_status, apply_status_as, delete, ledger, remove_finalizer,
 };
 use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions};
 use crate::build::{
@@ -23,6 +23,7 @@ use crate::build::{
 use crate::error::{Error, KubeContext, Result};
 use crate::ledger::{SWARM_FINALIZER, retry_delay, until_next_round};
 use crate::status::{SpecProblem, TrainingProgress, swarm_status};
+use swarm_identity::MemberKey;
 use swarm_ledger::{Address, RecordedReward};
 
 /// Periodic re-check even without changes, e.g. for a model volume created after the Swarm.
@@ -75,7 +76,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     surplus.sort_by_key(|m| std::cmp::Reverse(m.spec.ordinal));
     for member in surplus {
         let member_name = member.name_any();
-        delete_member(&members_api, &member_name).await?;
+        delete(&members_api, &member_name, &DeleteParams::background()).await?;
         removed.push(member_name);
     }
 
@@ -89,18 +90,11 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         for ordinal in (0..desired).filter(|o| !present.contains(o)) {
             let new_member = build_member(&swarm, ordinal);
             // The identity first, so the member's controller finds its Secret on its first pass.
-            let identity = match ensure_identity(&ctx, &swarm, &new_member).await {
-                Ok(identity) => Some(identity),
-                // The member's own controller reports an unusable Secret in its status.
-                Err(error) if error.is_identity_problem() => None,
-                Err(error) => return Err(error),
-            };
+            let identity = usable_identity(&ctx, &swarm, &new_member).await?;
             let member = apply(&members_api, &new_member).await?;
-            if let Some((key, announcement)) = identity {
+            if let Some((key, created)) = identity {
                 known_peer_ids.insert(member.name_any(), key.peer_id_string());
-                if let Some(announcement) = announcement {
-                    announcement.announce(&ctx, &member).await;
-                }
+                IdentityCreated::announce(created, &ctx, &member).await;
             }
             created.push(member.name_any());
             members.push(member);
@@ -228,21 +222,31 @@ async fn bootstrap_peers(
             .or_else(|| known.get(&name).cloned());
         let peer_id = match published {
             Some(peer_id) => peer_id,
-            None => match ensure_identity(ctx, swarm, member).await {
-                Ok((key, announcement)) => {
-                    if let Some(announcement) = announcement {
-                        announcement.announce(ctx, member).await;
-                    }
-                    key.peer_id_string()
-                }
-                // The member's own controller reports an unusable Secret in its status.
-                Err(error) if error.is_identity_problem() => continue,
-                Err(error) => return Err(error),
-            },
+            None => {
+                let Some((key, created)) = usable_identity(ctx, swarm, member).await? else {
+                    continue;
+                };
+                IdentityCreated::announce(created, ctx, member).await;
+                key.peer_id_string()
+            }
         };
         peers.push(bootstrap_multiaddr(swarm, &name, &peer_id));
     }
     Ok(peers)
+}
+
+/// [`ensure_identity`], with a Secret that cannot serve as the member's identity as `None`: the
+/// member's own controller reports that in its status.
+async fn usable_identity(
+    ctx: &Context,
+    swarm: &Swarm,
+    member: &SwarmMember,
+) -> Result<Option<(MemberKey, Option<IdentityCreated>)>> {
+    match ensure_identity(ctx, swarm, member).await {
+        Ok(identity) => Ok(Some(identity)),
+        Err(error) if error.is_identity_problem() => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Shows each member's latest recorded round and rewards in its status, under its own field
@@ -299,7 +303,7 @@ async fn finish_deletion(
         .iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
     {
-        delete_member(members_api, &member.name_any()).await?;
+        delete(members_api, &member.name_any(), &DeleteParams::background()).await?;
     }
     if !members.is_empty() {
         // Each member's removal is an event on an owned object and brings the Swarm back sooner.
@@ -307,18 +311,6 @@ async fn finish_deletion(
     }
     remove_finalizer(swarms_api, swarm, SWARM_FINALIZER).await?;
     Ok(Action::await_change())
-}
-
-/// Deletes a member; one already gone counts as deleted (the member cache may still show it).
-async fn delete_member(members_api: &Api<SwarmMember>, name: &str) -> Result<()> {
-    match members_api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(source) => Err(crate::error::Error::Kube {
-            action: format!("delete member {name}"),
-            source,
-        }),
-    }
 }
 
 /// A Swarm whose weights live on a claim that does not exist cannot start any member.
