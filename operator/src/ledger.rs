@@ -1,5 +1,5 @@
 //! Pure ledger decisions: what the operator's view of a Swarm's ledger is, what to send to the chain,
-//! and how ledger problems read in conditions. No I/O; `controller::ledger` does the sending.
+//! and how ledger problems read in conditions. No I/O; `controller::chain` does the sending.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! The operator binary: admin server, optional leader election, both controllers, graceful shutdown.
+//! The operator binary: admin server, optional leader election, the three controllers (Swarms,
+//! members, ledgers), graceful shutdown.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

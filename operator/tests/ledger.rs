@@ -1,6 +1,7 @@
-//! Ledger flows of both controllers: the Kubernetes API is the scripted server of the reconcile
-//! (every request asserted in order), the chain a real anvil, so contract deployment, funding,
-//! registration, round advancing and deregistration are real transactions.
+//! Ledger flows: the ledger controller's, whose Kubernetes API is the scripted server of the
+//! reconcile (every request asserted in order) and whose chain is a real anvil, so contract
+//! deployment, funding, registration, round advancing and deregistration are real transactions;
+//! and the Swarm and member controllers', which never ask the chain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,9 +28,9 @@ use swarm_identity::{MemberKey, PRIVATE_KEY_FILE};
 use swarm_ledger::{
     Address, LedgerClient, LedgerOptions, RetryPolicy, deterministic_address, member_signer,
 };
-use swarm_operator::api::{Swarm, SwarmMember};
+use swarm_operator::api::{LEDGER_FIELD_MANAGER, Swarm, SwarmMember};
 use swarm_operator::build::{PodSettings, build_member, build_member_pod};
-use swarm_operator::controller::{Context, member, swarm};
+use swarm_operator::controller::{Context, ledger, member, swarm};
 use swarm_operator::ledger::deployment_salt;
 
 use chain::{CHAIN_ID, Chain, closed_port};
@@ -37,7 +38,7 @@ use support::fixtures::{
     CONFIG_MAP, DEFAULT_IMAGE, KEY, MEMBERS, NS, PVC, SERVICE, SWARM, SWARM_STATUS, answer_status,
     condition, new_context, swarm_object,
 };
-use support::{ApiServer, mock_client, run};
+use support::{ApiServer, Exchange, mock_client, run};
 
 const OPERATOR_SECRET: &str = "/api/v1/namespaces/research/secrets/ledger-operator";
 const IDENTITY_SECRET: &str = "/api/v1/namespaces/research/secrets/demo-0-identity";
@@ -66,11 +67,11 @@ fn context(client: Client) -> Arc<Context> {
     Arc::new(new_context(client).with_ledger_options(ledger_options()))
 }
 
-/// `research/demo` with a ledger at `rpc_url`, created `age` ago with 10 s rounds.
+/// `research/demo` with a ledger at `rpc_url`, created `age` ago with 60 s rounds.
 fn ledger_swarm(replicas: i32, rpc_url: &str, contract: Value, age: SignedDuration) -> Swarm {
     let mut swarm = swarm_object(replicas);
     swarm.metadata.creation_timestamp = Some(Time(Timestamp::now() - age));
-    swarm.spec.rounds = serde_json::from_value(json!({"durationSeconds": 10})).unwrap();
+    swarm.spec.rounds = serde_json::from_value(json!({"durationSeconds": 60})).unwrap();
     swarm.spec.ledger = Some(
         serde_json::from_value(json!({
             "rpcUrl": rpc_url,
@@ -153,19 +154,31 @@ async fn expect_finalizers(server: &mut ApiServer, path: &str, object: &Value, f
     patch.ok(&answer);
 }
 
-/// The Swarm controller's Kubernetes requests before it turns to the ledger (no members).
+/// The Swarm controller's Kubernetes requests before its status (no members).
 async fn expect_children(server: &mut ApiServer) {
     server.get(PVC).await.ok(&json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "models", "namespace": NS},
     }));
-    server.get(MEMBERS).await.ok(&json!({
-        "apiVersion": "rlswarm.dev/v1alpha1", "kind": "SwarmMemberList",
-        "metadata": {"resourceVersion": "300"}, "items": [],
-    }));
+    server.get(MEMBERS).await.ok(&list(&[]));
     for path in [SERVICE, CONFIG_MAP] {
         server.apply(path).await.applied();
     }
+}
+
+fn list(members: &[SwarmMember]) -> Value {
+    json!({
+        "apiVersion": "rlswarm.dev/v1alpha1", "kind": "SwarmMemberList",
+        "metadata": {"resourceVersion": "300"}, "items": members,
+    })
+}
+
+/// A status apply of `path` under the ledger controller's own field manager.
+async fn ledger_apply(server: &mut ApiServer, path: &str) -> Exchange {
+    let apply = server.expect(Method::PATCH, path).await;
+    assert_eq!(apply.query("fieldManager"), Some(LEDGER_FIELD_MANAGER));
+    assert_eq!(apply.query("force"), Some("true"));
+    apply
 }
 
 fn assert_no_key(text: &str, keys: &[String]) {
@@ -174,8 +187,18 @@ fn assert_no_key(text: &str, keys: &[String]) {
     }
 }
 
-/// The whole lifecycle on a real chain: deploy, connect and advance rounds, fund and register a
-/// member, register nothing twice (also when the status was lost), deregister it when scaled away.
+/// `base` with the fields of `part` (a status the ledger controller wrote) added.
+fn merged(base: Value, part: &Value) -> Value {
+    let mut merged = base;
+    for (field, value) in part.as_object().unwrap() {
+        merged[field] = value.clone();
+    }
+    merged
+}
+
+/// The whole lifecycle on a real chain, all in the ledger controller: deploy, advance rounds, fund
+/// and register a member in one pass; show the rewards it records; register nothing twice (also
+/// when its status was lost); deregister it when scaled away.
 #[tokio::test]
 async fn swarm_and_member_lifecycle_on_a_real_chain() {
     let chain = Chain::start();
@@ -185,128 +208,73 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
     let member_key = MemberKey::from_hex(KEY).unwrap();
     let member_account: Address = member_key.address().parse().unwrap();
     let operator_secret = secret("ledger-operator", &operator);
+    let identity = secret("demo-0-identity", &member_key);
+    let keys = vec![operator.secret_data(), member_key.secret_data()];
+    let identity_status = json!({
+        "phase": "Running",
+        "address": member_key.address(),
+        "peerId": member_key.peer_id_string(),
+    });
 
-    // 1. A new Swarm asking for a contract: finalizer, deployment, address in status, Event.
-    let swarm0 = ledger_swarm(
-        0,
+    // 1. A new Swarm asking for a contract (created 125 s ago, 60 s rounds) and its member, whose
+    //    identity is known: the contract is deployed and advanced to round 2, the member funded
+    //    and registered; each status is written once, with the ledger's fields only.
+    let mut swarm0 = ledger_swarm(
+        1,
         &chain.url(),
         json!({"deploy": {}}),
-        SignedDuration::from_secs(25),
+        SignedDuration::from_secs(125),
     );
+    swarm0.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
+    let member0 = member_object(&swarm0, identity_status.clone(), false);
+    let swarm_written = support::Captured::default();
+    let member_written = support::Captured::default();
+    let (keep_swarm, keep_member) = (swarm_written.clone(), member_written.clone());
     let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret, keys, url) = (
+    let (answer, op_secret, identity0, member_answer, url, leaked) = (
         swarm0.clone(),
         operator_secret.clone(),
-        vec![operator.secret_data()],
+        identity.clone(),
+        member0.clone(),
         chain.url(),
+        keys.clone(),
     );
-    let written = support::Captured::default();
-    let keep = written.clone();
     let action = run(
         server,
         |mut server| async move {
-            let object = serde_json::to_value(&answer).unwrap();
-            expect_finalizers(&mut server, SWARM, &object, json!([SWARM_FINALIZER])).await;
-            expect_children(&mut server).await;
+            server
+                .get(MEMBERS)
+                .await
+                .ok(&list(std::slice::from_ref(&member_answer)));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            let apply = server.apply(SWARM_STATUS).await;
-            assert_no_key(&apply.body.to_string(), &keys);
+            let apply = ledger_apply(&mut server, SWARM_STATUS).await;
+            assert_no_key(&apply.body.to_string(), &leaked);
             let status = answer_status(apply, &answer);
             let (ready, reason, message) = condition(&status, "LedgerReady");
             assert_eq!((ready, reason), ("True", "ContractDeployed"));
             assert!(message.contains(&format!("through {url}")), "{message}");
-            let event = server.event(NS, "Normal", "ContractDeployed").await;
-            assert_no_key(&event.to_string(), &keys);
-            keep.set(status);
-            server
-        },
-        swarm::reconcile(ctx.clone(), swarm0.clone()),
-    )
-    .await;
-    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(1)));
-    let status = written.get();
-    let contract: Address = status["ledger"]["contractAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(status["ledger"]["operatorAccount"], operator.address());
-    let nonce_after_deploy = chain.nonce(operator_account).await;
-
-    // 2. The next pass connects to that contract (never deploys again) and catches the round up:
-    //    created 25 s ago with 10 s rounds, the ledger must be at round 2.
-    let mut swarm1 = swarm0.clone();
-    swarm1.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
-    swarm1.status = Some(serde_json::from_value(status).unwrap());
-    let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret) = (swarm1.clone(), operator_secret.clone());
-    let action = run(
-        server,
-        |mut server| async move {
-            expect_children(&mut server).await;
-            server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            let status = answer_status(server.apply(SWARM_STATUS).await, &answer);
-            assert_eq!(condition(&status, "LedgerReady").1, "Connected");
             assert_eq!(status["ledger"]["round"], 2);
             assert_eq!(
-                status["ledger"]["contractAddress"],
-                contract.to_checksum(None)
+                status.as_object().unwrap().len(),
+                2,
+                "the ledger's fields only: {status:#}"
             );
-            server
-        },
-        swarm::reconcile(ctx.clone(), swarm1.clone()),
-    )
-    .await;
-    let wait = requeue_secs(&action.unwrap());
-    assert!(
-        (1.0..=10.0).contains(&wait),
-        "back for the next round: {wait}"
-    );
-    assert_eq!(
-        chain.nonce(operator_account).await,
-        nonce_after_deploy + 2,
-        "two advances, no second deployment"
-    );
-    let mut swarm2 = swarm1.clone();
-    swarm2.status.as_mut().unwrap().ledger = Some(swarm_operator::api::SwarmLedgerStatus {
-        contract_address: Some(contract.to_checksum(None)),
-        operator_account: Some(operator.address()),
-        round: Some(2),
-    });
-
-    // 3. The member: finalizer, funding, registration, all recorded in its status.
-    let member0 = member_object(&swarm2, json!({"phase": "Running"}), false);
-    let pod = running_pod(&swarm2, &member0);
-    let written = support::Captured::default();
-    let keep = written.clone();
-    let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret, identity, pod_answer, member_answer) = (
-        swarm2.clone(),
-        operator_secret.clone(),
-        secret("demo-0-identity", &member_key),
-        pod.clone(),
-        member0.clone(),
-    );
-    let keys = vec![operator.secret_data(), member_key.secret_data()];
-    let action = run(
-        server,
-        |mut server| async move {
-            server.get(SWARM).await.ok_with(&answer);
-            server.get(IDENTITY_SECRET).await.ok_with(&identity);
-            server.get(POD).await.ok_with(&pod_answer);
+            let event = server.event(NS, "Normal", "ContractDeployed").await;
+            assert_no_key(&event.to_string(), &leaked);
+            server.get(IDENTITY_SECRET).await.ok_with(&identity0);
             let object = serde_json::to_value(&member_answer).unwrap();
             expect_finalizers(&mut server, MEMBER, &object, json!([MEMBER_FINALIZER])).await;
-            server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            let apply = server.apply(MEMBER_STATUS).await;
-            assert_no_key(&apply.body.to_string(), &keys);
-            let status = answer_status(apply, &member_answer);
-            assert_eq!(condition(&status, "Ready").0, "True");
-            let (registered, reason, message) = condition(&status, "Registered");
+            let apply = ledger_apply(&mut server, MEMBER_STATUS).await;
+            assert_no_key(&apply.body.to_string(), &leaked);
+            let member_status = answer_status(apply, &member_answer);
+            let (registered, reason, message) = condition(&member_status, "Registered");
             assert_eq!((registered, reason), ("True", "Registered"));
-            let ledger = &status["ledger"];
+            assert_eq!(
+                member_status["conditions"].as_array().unwrap().len(),
+                1,
+                "Ready is the member controller's"
+            );
+            let ledger = &member_status["ledger"];
             let tx = ledger["registrationTransaction"].as_str().unwrap();
             assert!(message.contains(tx), "{message}");
             assert!(
@@ -315,17 +283,31 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
                     .unwrap()
                     .starts_with("0x")
             );
-            assert_eq!(ledger["contractAddress"], contract.to_checksum(None));
-            keep.set(status);
+            keep_swarm.set(status);
+            keep_member.set(member_status);
             server
         },
-        member::reconcile(ctx.clone(), member0.clone()),
+        ledger::reconcile(context(client), swarm0.clone()),
     )
     .await;
-    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
+    let wait = requeue_secs(&action.unwrap());
+    assert!(
+        (1.0..=60.0).contains(&wait),
+        "back for the next round: {wait}"
+    );
+    assert_eq!(
+        chain.nonce(operator_account).await,
+        1 + 2 + 2,
+        "one deployment, two round advances, one funding, one registration"
+    );
     assert_eq!(
         chain.balance(member_account).await,
         parse_ether("0.5").unwrap()
+    );
+    let contract = deterministic_address(operator_account, deployment_salt(&swarm0));
+    assert_eq!(
+        member_written.get()["ledger"]["contractAddress"],
+        contract.to_checksum(None)
     );
     let reader = LedgerClient::connect(
         &chain.url(),
@@ -345,47 +327,41 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
     assert_eq!(record.peer_id, member_key.peer_id_string());
     let nonce_after_registration = chain.nonce(operator_account).await;
 
-    // 4. Reconciled again: the status says registered, so the chain is not even asked.
-    let member1 = member_object(&swarm2, written.get(), true);
+    // 2. The member's status lost (e.g. restored without it): the next pass connects to the same
+    //    contract (never deploys again); the chain already has the member, nothing is sent, and
+    //    the status says so.
+    let mut swarm1 = swarm0.clone();
+    swarm1.status = Some(serde_json::from_value(swarm_written.get()).unwrap());
+    let member_lost = member_object(&swarm1, identity_status.clone(), true);
+    let swarm_connected = support::Captured::default();
+    let keep_swarm = swarm_connected.clone();
     let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, identity, pod_answer) = (
-        swarm2.clone(),
-        secret("demo-0-identity", &member_key),
-        pod.clone(),
-    );
-    run(
-        server,
-        |mut server| async move {
-            server.get(SWARM).await.ok_with(&answer);
-            server.get(IDENTITY_SECRET).await.ok_with(&identity);
-            server.get(POD).await.ok_with(&pod_answer);
-            server
-        },
-        member::reconcile(ctx.clone(), member1.clone()),
-    )
-    .await
-    .unwrap();
-
-    // 5. Status lost (e.g. restored without it): the chain already has everything, nothing is sent.
-    let member_lost = member_object(&swarm2, json!({"phase": "Running"}), true);
-    let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret, identity, pod_answer, member_answer) = (
-        swarm2.clone(),
+    let (answer, op_secret, identity1, member_answer) = (
+        swarm1.clone(),
         operator_secret.clone(),
-        secret("demo-0-identity", &member_key),
-        pod.clone(),
+        identity.clone(),
         member_lost.clone(),
     );
     run(
         server,
         |mut server| async move {
-            server.get(SWARM).await.ok_with(&answer);
-            server.get(IDENTITY_SECRET).await.ok_with(&identity);
-            server.get(POD).await.ok_with(&pod_answer);
+            server
+                .get(MEMBERS)
+                .await
+                .ok(&list(std::slice::from_ref(&member_answer)));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            let status = answer_status(server.apply(MEMBER_STATUS).await, &member_answer);
+            let status = answer_status(ledger_apply(&mut server, SWARM_STATUS).await, &answer);
+            assert_eq!(condition(&status, "LedgerReady").1, "Connected");
+            assert_eq!(
+                status["ledger"]["contractAddress"],
+                contract.to_checksum(None)
+            );
+            keep_swarm.set(status);
+            server.get(IDENTITY_SECRET).await.ok_with(&identity1);
+            let status = answer_status(
+                ledger_apply(&mut server, MEMBER_STATUS).await,
+                &member_answer,
+            );
             let (registered, _, message) = condition(&status, "Registered");
             assert_eq!(registered, "True");
             assert!(message.contains("already registered"), "{message}");
@@ -393,19 +369,18 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
             assert!(status["ledger"].get("fundingTransaction").is_none());
             server
         },
-        member::reconcile(ctx.clone(), member_lost),
+        ledger::reconcile(context(client), swarm1.clone()),
     )
     .await
     .unwrap();
     assert_eq!(
         chain.nonce(operator_account).await,
         nonce_after_registration,
-        "a re-run sends no transaction"
+        "no second deployment, no transaction at all"
     );
 
-    // 5b. The member records rewards for two rounds; the Swarm's next pass shows its latest round
-    //     and rewards in the member's status, under the progress field manager, with one read of
-    //     the chain's logs.
+    // 3. The member records rewards for two rounds; the next pass shows its latest round and
+    //    rewards, with its registration, in one write; the Swarm's fields are as shown.
     let member_client = LedgerClient::connect(
         &chain.url(),
         CHAIN_ID,
@@ -421,74 +396,75 @@ async fn swarm_and_member_lifecycle_on_a_real_chain() {
             .await
             .unwrap();
     }
-    let mut swarm_one = swarm2.clone();
-    swarm_one.spec.replicas = 1;
-    let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret, listed) = (
-        swarm_one.clone(),
-        operator_secret.clone(),
-        serde_json::to_value(&member1).unwrap(),
+    let mut swarm2 = swarm1.clone();
+    swarm2.status = Some(serde_json::from_value(swarm_connected.get()).unwrap());
+    let member1 = member_object(
+        &swarm2,
+        merged(identity_status.clone(), &member_written.get()),
+        true,
     );
+    let (client, server) = mock_client();
+    let (op_secret, member_answer) = (operator_secret.clone(), member1.clone());
     run(
         server,
         |mut server| async move {
-            server.get(PVC).await.ok(&json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "models", "namespace": NS},
-            }));
-            server.get(MEMBERS).await.ok(&json!({
-                "apiVersion": "rlswarm.dev/v1alpha1", "kind": "SwarmMemberList",
-                "metadata": {"resourceVersion": "300"}, "items": [listed.clone()],
-            }));
-            for path in [SERVICE, CONFIG_MAP] {
-                server.apply(path).await.applied();
-            }
+            server
+                .get(MEMBERS)
+                .await
+                .ok(&list(std::slice::from_ref(&member_answer)));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            answer_status(server.apply(SWARM_STATUS).await, &answer);
-            let progress = server.expect(Method::PATCH, MEMBER_STATUS).await;
+            let progress = ledger_apply(&mut server, MEMBER_STATUS).await;
+            let shown = &progress.body["status"];
             assert_eq!(
-                progress.query("fieldManager"),
-                Some(swarm_operator::api::PROGRESS_FIELD_MANAGER)
+                (&shown["round"], &shown["lastReward"], &shown["totalReward"]),
+                (&json!(1), &json!(0.5), &json!(0.75))
             );
+            assert_eq!(condition(shown, "Registered").0, "True");
             assert_eq!(
-                progress.body["status"],
-                json!({"round": 1, "lastReward": 0.5, "totalReward": 0.75})
+                shown["ledger"]["contractAddress"],
+                contract.to_checksum(None)
             );
-            progress.ok(&listed);
+            answer_status(progress, &member_answer);
             server
         },
-        swarm::reconcile(ctx.clone(), swarm_one),
+        ledger::reconcile(context(client), swarm2.clone()),
     )
     .await
     .unwrap();
+    assert_eq!(
+        chain.nonce(operator_account).await,
+        nonce_after_registration,
+        "showing progress sends nothing"
+    );
 
-    // 6. Scaled away (replicas 0): the member leaves the ledger, then its finalizer goes.
+    // 4. Scaled away (replicas 0): the member leaves the ledger, then its finalizer goes.
     let mut leaving = member1;
     leaving.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-    leaving.status.as_mut().unwrap().address = Some(member_key.address());
+    let mut swarm_none = swarm2.clone();
+    swarm_none.spec.replicas = 0;
     let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret, member_answer, address) = (
-        swarm2.clone(),
+    let (op_secret, member_answer, address) = (
         operator_secret.clone(),
         serde_json::to_value(&leaving).unwrap(),
         member_key.address(),
     );
-    let action = run(
+    run(
         server,
         |mut server| async move {
-            server.get(SWARM).await.ok_with(&answer);
+            server.get(MEMBERS).await.ok(&json!({
+                "apiVersion": "rlswarm.dev/v1alpha1", "kind": "SwarmMemberList",
+                "metadata": {"resourceVersion": "300"}, "items": [member_answer.clone()],
+            }));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
             let event = server.event(NS, "Normal", "Deregistered").await;
             assert!(event["note"].as_str().unwrap().contains(&address));
             expect_finalizers(&mut server, MEMBER, &member_answer, json!([])).await;
             server
         },
-        member::reconcile(ctx.clone(), leaving),
+        ledger::reconcile(context(client), swarm_none),
     )
-    .await;
-    assert_eq!(action.unwrap(), Action::await_change());
+    .await
+    .unwrap();
     let record = reader
         .member_by_account(member_account)
         .await
@@ -507,32 +483,31 @@ async fn a_lost_status_write_after_a_deploy_deploys_no_second_contract() {
     let operator_account: Address = operator.address().parse().unwrap();
     chain.fund(operator_account).await;
     let operator_secret = secret("ledger-operator", &operator);
-    let swarm0 = ledger_swarm(
+    let mut swarm = ledger_swarm(
         0,
         &chain.url(),
         json!({"deploy": {}}),
-        SignedDuration::from_secs(25),
+        SignedDuration::from_secs(125),
     );
-    let expected = deterministic_address(operator_account, deployment_salt(&swarm0));
+    swarm.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
+    let expected = deterministic_address(operator_account, deployment_salt(&swarm));
 
-    // 1. The deployment goes through; writing its address into the status fails.
+    // 1. The deployment (and the round advances) go through; writing the address fails.
     let (client, server) = mock_client();
-    let (answer, op_secret) = (swarm0.clone(), operator_secret.clone());
+    let op_secret = operator_secret.clone();
     let result = run(
         server,
         |mut server| async move {
-            let object = serde_json::to_value(&answer).unwrap();
-            expect_finalizers(&mut server, SWARM, &object, json!([SWARM_FINALIZER])).await;
-            expect_children(&mut server).await;
+            server.get(MEMBERS).await.ok(&list(&[]));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            server.apply(SWARM_STATUS).await.failure(
+            ledger_apply(&mut server, SWARM_STATUS).await.failure(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 "etcdserver: request timed out",
             );
             server
         },
-        swarm::reconcile(context(client), swarm0.clone()),
+        ledger::reconcile(context(client), swarm.clone()),
     )
     .await;
     assert!(
@@ -541,21 +516,19 @@ async fn a_lost_status_write_after_a_deploy_deploys_no_second_contract() {
     );
     assert_eq!(
         chain.nonce(operator_account).await,
-        1,
-        "one deployment sent"
+        1 + 2,
+        "one deployment, two round advances"
     );
 
-    // 2. The next pass, on a Swarm whose status has no contract, finds the deployed one.
-    let mut swarm1 = swarm0.clone();
-    swarm1.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
+    // 2. The next pass, on the Swarm whose status has no contract, finds the deployed one.
     let (client, server) = mock_client();
-    let (answer, op_secret) = (swarm1.clone(), operator_secret.clone());
-    let action = run(
+    let (answer, op_secret) = (swarm.clone(), operator_secret.clone());
+    run(
         server,
         |mut server| async move {
-            expect_children(&mut server).await;
+            server.get(MEMBERS).await.ok(&list(&[]));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            let status = answer_status(server.apply(SWARM_STATUS).await, &answer);
+            let status = answer_status(ledger_apply(&mut server, SWARM_STATUS).await, &answer);
             assert_eq!(condition(&status, "LedgerReady").1, "Connected");
             assert_eq!(
                 status["ledger"]["contractAddress"],
@@ -564,75 +537,104 @@ async fn a_lost_status_write_after_a_deploy_deploys_no_second_contract() {
             assert_eq!(status["ledger"]["round"], 2);
             server
         },
-        swarm::reconcile(context(client), swarm1.clone()),
+        ledger::reconcile(context(client), swarm),
     )
-    .await;
-    action.unwrap();
+    .await
+    .unwrap();
     assert_eq!(
         chain.nonce(operator_account).await,
         1 + 2,
-        "the deployment and two round advances: no second deployment"
+        "no second deployment"
     );
 }
 
-fn requeue_secs(action: &Action) -> f64 {
-    // `Action` keeps its delay private; its Debug output is the only way to read it back.
-    let text = format!("{action:?}");
-    let start = text.find("Some(").unwrap() + "Some(".len();
-    let inner = &text[start..text[start..].find(')').unwrap() + start];
-    match inner.strip_suffix("ms") {
-        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
-        None => inner.strip_suffix('s').unwrap().parse().unwrap(),
-    }
-}
-
-/// An RPC endpoint that does not answer: the Swarm says so (without the URL's API key) and comes
-/// back soon; a member's registration waits with its own condition, and nothing crashes.
+/// An RPC endpoint that does not answer: the ledger controller says so on the Swarm (without the
+/// URL's API key) and on the member waiting for its registration, and comes back soon. The Swarm
+/// and member controllers of the same Swarm never ask the chain: they finish as without a ledger.
 #[tokio::test]
-async fn unreachable_rpc_is_a_condition_and_a_retry() {
+async fn unreachable_rpc_is_a_condition_and_a_retry_and_blocks_no_other_reconcile() {
     let url = format!("http://127.0.0.1:{}/v3/sekrit-api-key", closed_port());
     let contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
     let mut swarm = ledger_swarm(
-        0,
+        1,
         &url,
         json!({"address": contract}),
         SignedDuration::from_secs(5),
     );
     swarm.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
+    let key = MemberKey::from_hex(KEY).unwrap();
+    let member = member_object(
+        &swarm,
+        json!({"phase": "Running", "address": key.address(), "peerId": key.peer_id_string()}),
+        false,
+    );
     let operator_secret = secret("ledger-operator", &MemberKey::generate());
     let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, op_secret) = (swarm.clone(), operator_secret.clone());
+    let (answer, op_secret, member_answer) =
+        (swarm.clone(), operator_secret.clone(), member.clone());
     let action = run(
         server,
         |mut server| async move {
-            expect_children(&mut server).await;
+            server
+                .get(MEMBERS)
+                .await
+                .ok(&list(std::slice::from_ref(&member_answer)));
             server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
-            let status = answer_status(server.apply(SWARM_STATUS).await, &answer);
+            let status = answer_status(ledger_apply(&mut server, SWARM_STATUS).await, &answer);
             let (ready, reason, message) = condition(&status, "LedgerReady");
             assert_eq!((ready, reason), ("False", "RpcUnreachable"));
             assert!(!message.contains("sekrit"), "the API key leaked: {message}");
             assert!(message.contains("127.0.0.1"), "{message}");
             let event = server.event(NS, "Warning", "RpcUnreachable").await;
             assert!(!event.to_string().contains("sekrit"));
+            let status = answer_status(
+                ledger_apply(&mut server, MEMBER_STATUS).await,
+                &member_answer,
+            );
+            let (registered, reason, message) = condition(&status, "Registered");
+            assert_eq!((registered, reason), ("False", "RpcUnreachable"));
+            assert!(!message.contains("sekrit"), "{message}");
             server
         },
-        swarm::reconcile(ctx.clone(), swarm.clone()),
+        ledger::reconcile(context(client), swarm.clone()),
     )
     .await;
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(5)));
 
-    // The member keeps its pod and says why it is not registered yet; it is retried.
-    let member = member_object(&swarm, json!({"phase": "Running"}), true);
-    let pod = running_pod(&swarm, &member);
-    let key = MemberKey::from_hex(KEY).unwrap();
+    // The Swarm controller (scaled to 0, so that it creates no member): its children and its own
+    // status, no operator key, no chain.
+    let mut scaled_down = swarm.clone();
+    scaled_down.spec.replicas = 0;
     let (client, server) = mock_client();
-    let ctx = context(client);
-    let (answer, identity, member_answer, op_secret) = (
+    let answer = scaled_down.clone();
+    let action = run(
+        server,
+        |mut server| async move {
+            expect_children(&mut server).await;
+            let status = answer_status(server.apply(SWARM_STATUS).await, &answer);
+            assert!(status.get("ledger").is_none(), "{status:#}");
+            assert!(
+                status["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["type"] != "LedgerReady"),
+                "{status:#}"
+            );
+            server
+        },
+        swarm::reconcile(context(client), scaled_down),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
+
+    // The member controller: its pod and its readiness; registration is not its business.
+    let pod = running_pod(&swarm, &member);
+    let (client, server) = mock_client();
+    let (answer, identity, member_answer) = (
         swarm.clone(),
         secret("demo-0-identity", &key),
         member.clone(),
-        operator_secret,
     );
     let action = run(
         server,
@@ -640,18 +642,15 @@ async fn unreachable_rpc_is_a_condition_and_a_retry() {
             server.get(SWARM).await.ok_with(&answer);
             server.get(IDENTITY_SECRET).await.ok_with(&identity);
             server.get(POD).await.ok_with(&pod);
-            server.get(OPERATOR_SECRET).await.ok_with(&op_secret);
             let status = answer_status(server.apply(MEMBER_STATUS).await, &member_answer);
-            let (registered, reason, message) = condition(&status, "Registered");
-            assert_eq!((registered, reason), ("False", "RpcUnreachable"));
-            assert!(!message.contains("sekrit"), "{message}");
             assert_eq!(condition(&status, "Ready").0, "True");
+            assert_eq!(status["conditions"].as_array().unwrap().len(), 1);
             server
         },
-        member::reconcile(ctx.clone(), member),
+        member::reconcile(context(client), member),
     )
     .await;
-    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
 }
 
 /// A missing operator key Secret is reported on the Swarm, not retried as an error.
@@ -665,24 +664,56 @@ async fn missing_operator_key_is_a_condition() {
     );
     swarm.metadata.finalizers = Some(vec![SWARM_FINALIZER.into()]);
     let (client, server) = mock_client();
-    let ctx = context(client);
     let answer = swarm.clone();
     let action = run(
         server,
         |mut server| async move {
-            expect_children(&mut server).await;
+            server.get(MEMBERS).await.ok(&list(&[]));
             server.get(OPERATOR_SECRET).await.not_found();
-            let status = answer_status(server.apply(SWARM_STATUS).await, &answer);
+            let status = answer_status(ledger_apply(&mut server, SWARM_STATUS).await, &answer);
             let (ready, reason, message) = condition(&status, "LedgerReady");
             assert_eq!((ready, reason), ("False", "OperatorKeyMissing"));
             assert!(message.contains("research/ledger-operator"), "{message}");
             server.event(NS, "Warning", "OperatorKeyMissing").await;
             server
         },
-        swarm::reconcile(ctx.clone(), swarm),
+        ledger::reconcile(context(client), swarm),
     )
     .await;
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(5)));
+}
+
+/// A replica whose Lease renewals fail touches neither the chain nor the API.
+#[tokio::test]
+async fn only_the_lease_holder_works_on_the_ledger() {
+    let swarm = ledger_swarm(
+        0,
+        "http://127.0.0.1:1",
+        json!({"deploy": {}}),
+        SignedDuration::from_secs(5),
+    );
+    let (client, server) = mock_client();
+    let ctx = Arc::new(
+        new_context(client).with_leader_flag(Arc::new(std::sync::atomic::AtomicBool::new(false))),
+    );
+    let action = run(
+        server,
+        |server| async move { server },
+        ledger::reconcile(ctx, swarm),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(5)));
+}
+
+fn requeue_secs(action: &Action) -> f64 {
+    // `Action` keeps its delay private; its Debug output is the only way to read it back.
+    let text = format!("{action:?}");
+    let start = text.find("Some(").unwrap() + "Some(".len();
+    let inner = &text[start..text[start..].find(')').unwrap() + start];
+    match inner.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+        None => inner.strip_suffix('s').unwrap().parse().unwrap(),
+    }
 }
 
 /// Deleting a Swarm with a ledger: its members are deleted first (each deregisters through its own

@@ -78,7 +78,9 @@ pub struct SwarmMemberStatus {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// One per type; the operator's controllers each own their types.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The member's account on the Swarm's ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,17 +88,57 @@ pub struct SwarmMemberStatus {
 }
 
 impl SwarmMemberStatus {
-    /// The status as the member controller writes it: `round`, `lastReward` and `totalReward`
-    /// belong to the Swarm's ledger pass, under its own field manager
-    /// ([`super::PROGRESS_FIELD_MANAGER`]), so the member controller's writes never turn them back.
-    pub fn without_progress(&self) -> Self {
+    /// The fields the member controller writes: all but the ledger controller's
+    /// ([`MemberLedgerPart`]), so neither writer turns the other's fields back.
+    pub fn without_ledger_part(&self) -> Self {
         SwarmMemberStatus {
             round: None,
             last_reward: None,
             total_reward: None,
+            ledger: None,
+            conditions: self
+                .conditions
+                .iter()
+                .filter(|c| c.type_ != super::conditions::REGISTERED)
+                .cloned()
+                .collect(),
             ..self.clone()
         }
     }
+
+    /// The ledger controller's fields, as the status shows them.
+    pub fn ledger_part(&self) -> MemberLedgerPart {
+        MemberLedgerPart {
+            round: self.round,
+            last_reward: self.last_reward,
+            total_reward: self.total_reward,
+            ledger: self.ledger.clone(),
+            conditions: self
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == super::conditions::REGISTERED)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The fields of a member's status that the ledger controller writes, under its own field manager
+/// ([`super::LEDGER_FIELD_MANAGER`]): what the member recorded on the ledger and its registration.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberLedgerPart {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<MemberLedgerStatus>,
+    /// The `Registered` condition.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -12,9 +12,11 @@ pub const API_GROUP: &str = "rlswarm.dev";
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "rl-swarm-operator";
 
-/// Field manager of the members' `round`, `lastReward` and `totalReward`, which the Swarm's ledger
-/// pass writes from the ledger's records.
-pub const PROGRESS_FIELD_MANAGER: &str = "rl-swarm-operator-progress";
+/// Field manager of the ledger controller's status fields: the Swarm's `ledger` and `LedgerReady`
+/// condition; a member's `ledger`, `Registered` condition, `round`, `lastReward` and `totalReward`.
+/// Server-side apply merges them with the other controllers' fields (conditions are a list map
+/// keyed by type), so neither writer turns the other's fields back.
+pub const LEDGER_FIELD_MANAGER: &str = "rl-swarm-operator-ledger";
 
 /// Labels every child carries.
 pub mod labels {

@@ -451,7 +451,9 @@ pub struct SwarmStatus {
     pub round: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// One per type; the operator's controllers each own their types.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Multiaddrs of the members whose identity is known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -459,6 +461,48 @@ pub struct SwarmStatus {
     /// The ledger, once the operator reached it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<SwarmLedgerStatus>,
+}
+
+impl SwarmStatus {
+    /// The fields the Swarm controller writes: all but the ledger controller's
+    /// ([`SwarmLedgerPart`]).
+    pub fn without_ledger_part(&self) -> Self {
+        SwarmStatus {
+            ledger: None,
+            conditions: self
+                .conditions
+                .iter()
+                .filter(|c| c.type_ != super::conditions::LEDGER_READY)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The ledger controller's fields, as the status shows them.
+    pub fn ledger_part(&self) -> SwarmLedgerPart {
+        SwarmLedgerPart {
+            ledger: self.ledger.clone(),
+            conditions: self
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == super::conditions::LEDGER_READY)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// The fields of a Swarm's status that the ledger controller writes, under its own field manager
+/// ([`super::LEDGER_FIELD_MANAGER`]).
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SwarmLedgerPart {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<SwarmLedgerStatus>,
+    /// The `LedgerReady` condition.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -1,573 +1,339 @@
-//! The operator's side of a Swarm's ledger: its key, the contract (deployed once), funding and
-//! registering members, deregistering them, and advancing rounds. Decisions live in `crate::ledger`.
-//!
-//! Every transaction of one operator account on one chain goes through one writer at a time: the
-//! client keeps the account's next nonce, and a funding transfer (sent outside the client) would
-//! otherwise collide with it.
+//! Ledger controller: all the chain work of a Swarm with `spec.ledger`, so that the Swarm and member
+//! reconciles never wait on RPC. Per Swarm, on the Lease holder: the operator's key, the contract
+//! (deployed once, at an address that follows from the Swarm's UID), its ownership, its round
+//! (advanced at each round boundary); each member's funding and registration, its deregistration
+//! when it leaves for good (then its finalizer goes), and the rounds and rewards it recorded. It
+//! writes only its own status fields, under [`LEDGER_FIELD_MANAGER`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::U256;
-use alloy::providers::{Provider, ProviderBuilder};
-use alloy::rpc::types::TransactionRequest;
-use alloy::transports::http::reqwest;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use swarm_identity::MemberKey;
-use swarm_ledger::{
-    Address, LedgerClient, LedgerOptions, Outcome, PrivateKeySigner, RecordedReward, RetryPolicy,
-    member_signer,
-};
-use tokio::sync::OwnedMutexGuard;
-use zeroize::Zeroizing;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use swarm_ledger::{Address, RecordedReward};
+use tracing::info;
 
-use crate::api::{LedgerSpec, Swarm};
-use crate::error::{KubeContext, Result};
+use super::chain::{self, Writer};
+use super::identity::read_identity;
+use super::{Context, add_finalizer, apply_status_as, remove_finalizer};
+use crate::api::{LEDGER_FIELD_MANAGER, Swarm, SwarmMember, conditions};
+use crate::error::{Error, Result};
 use crate::ledger::{
-    LedgerProblem, LedgerState, LedgerTarget, MAX_ADVANCES_PER_RECONCILE, display_url,
-    expected_round, ledger_target, member_funding, redact, top_up,
+    LedgerProblem, LedgerState, MEMBER_FINALIZER, Removal, member_funding, registered_on, removal,
+    retry_delay, until_next_round,
 };
+use crate::status::{Registration, member_ledger_part, swarm_ledger_part};
 
-/// Least time between two reads of one Swarm's recorded rewards.
-const REWARDS_POLL: Duration = Duration::from_secs(10);
+/// Periodic re-check even without changes.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Shortest wait for the next round, so that very short rounds do not turn into a busy loop.
+const MIN_ROUND_WAIT: Duration = Duration::from_secs(1);
+/// Registrations one pass sends at most, so that a large scale-up on a slow chain never holds the
+/// round back: the rest follow in the next pass, at once.
+const REGISTRATIONS_PER_PASS: usize = 8;
+/// How soon a replica that no longer holds the Lease looks again (it exits once it knows).
+const NOT_LEADER_WAIT: Duration = Duration::from_secs(5);
 
-/// What the operator has read of each Swarm's recorded rewards (one `eth_getLogs` from the block
-/// after the last one read, at most every [`REWARDS_POLL`]), so that members' status can show
-/// their rounds and rewards. Starts from the first block again after an operator restart.
-#[derive(Default)]
-pub struct Rewards {
-    swarms: Mutex<HashMap<String, RewardsRead>>,
-}
+pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
+    if swarm.spec.ledger.is_none() {
+        return Ok(Action::await_change());
+    }
+    if !ctx.is_leader() {
+        return Ok(Action::requeue(NOT_LEADER_WAIT));
+    }
+    let namespace = swarm
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let members = ctx.members_of(&namespace, &swarm.name_any()).await?;
+    let deleting = swarm.metadata.deletion_timestamp.is_some();
+    if deleting {
+        ctx.rewards
+            .forget(swarm.metadata.uid.as_deref().unwrap_or_default());
+    }
+    let now = Timestamp::now();
+    let mut writer = match chain::writer(&ctx, &swarm, &namespace).await? {
+        Ok(writer) => writer,
+        Err(problem) => return report_outage(&ctx, &swarm, &members, problem, now).await,
+    };
 
-#[derive(Clone, Default)]
-struct RewardsRead {
-    next_block: u64,
-    at: Option<Instant>,
-    latest: HashMap<Address, RecordedReward>,
-}
+    // Leaving members first: their finalizers hold their deletion (and the Swarm's) up.
+    let mut requeue = RESYNC;
+    for member in members.iter().filter(|m| {
+        m.metadata.deletion_timestamp.is_some()
+            && m.finalizers().iter().any(|f| f == MEMBER_FINALIZER)
+    }) {
+        requeue = requeue.min(leave(&ctx, &swarm, member, &mut writer, now).await?);
+    }
+    if deleting {
+        // Nothing more is deployed, advanced or registered for a Swarm that goes.
+        return Ok(Action::requeue(requeue));
+    }
 
-impl Rewards {
-    /// The latest recorded reward of every account of the Swarm with `uid`, reading what was
-    /// recorded since the last read unless that was less than [`REWARDS_POLL`] ago.
-    pub async fn latest(
-        &self,
-        uid: &str,
-        client: &LedgerClient,
-        now: Instant,
-    ) -> Result<HashMap<Address, RecordedReward>, swarm_ledger::LedgerError> {
-        let mut read = self
-            .swarms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()
-            .unwrap_or_default();
-        if read
-            .at
-            .is_some_and(|at| now.duration_since(at) < REWARDS_POLL)
-        {
-            return Ok(read.latest);
+    let state = match writer.state(&swarm, &ctx.rewards, now).await {
+        Ok(state) => state,
+        Err(problem) => {
+            drop(writer);
+            return report_outage(&ctx, &swarm, &members, problem, now).await;
         }
-        for record in client.rewards_since(read.next_block).await? {
-            read.next_block = read.next_block.max(record.block + 1);
-            let newer = read
-                .latest
-                .get(&record.account)
-                .is_none_or(|known| known.round <= record.round);
-            if newer {
-                read.latest.insert(record.account, record);
+    };
+    show_swarm(&ctx, &swarm, Ok(&state), now).await?;
+    if state.deployed {
+        ctx.event(
+            &swarm.object_ref(&()),
+            EventType::Normal,
+            "ContractDeployed",
+            format!(
+                "deployed the coordinator contract {} through {}",
+                state.contract.to_checksum(None),
+                chain::endpoint(&swarm)
+            ),
+        )
+        .await;
+    }
+    requeue = requeue.min(until_next_round(&swarm, now).max(MIN_ROUND_WAIT));
+    let mut registrations = 0;
+    for member in members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+    {
+        let registration = if registered_on(member, state.contract) {
+            Registration::AsShown
+        } else if registrations < REGISTRATIONS_PER_PASS {
+            let Some(registration) = join(&ctx, &swarm, member, &state, &mut writer).await? else {
+                continue;
+            };
+            registrations += 1;
+            if let Registration::Failed(problem) = &registration {
+                requeue = requeue.min(retry_delay(failing_since(member, problem), now));
             }
-        }
-        read.at = Some(now);
-        let latest = read.latest.clone();
-        self.swarms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.to_owned(), read);
-        Ok(latest)
-    }
-
-    /// Forgets a deleted Swarm.
-    pub fn forget(&self, uid: &str) {
-        self.swarms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
-    }
-}
-
-/// Clients of the operator accounts in use, and the lock that makes each account's writer unique.
-pub struct Ledgers {
-    accounts: Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<Slot>>>>,
-    options: LedgerOptions,
-}
-
-impl Default for Ledgers {
-    /// Few quick retries: a reconciliation that cannot reach the chain gives up soon, says so in a
-    /// condition and comes back with its own, longer backoff.
-    fn default() -> Self {
-        Self::new(LedgerOptions {
-            request_timeout: Duration::from_secs(10),
-            receipt_timeout: Duration::from_secs(120),
-            poll_interval: Duration::from_secs(1),
-            retry: RetryPolicy {
-                max_attempts: 3,
-                initial_backoff: Duration::from_millis(500),
-                max_backoff: Duration::from_secs(2),
-            },
-        })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct AccountKey {
-    rpc_url: String,
-    chain_id: u64,
-    account: Address,
-}
-
-/// The client last used for an account; `None` when none is connected or its nonce may be stale.
-#[derive(Default)]
-struct Slot {
-    client: Option<Arc<LedgerClient>>,
-}
-
-/// One account's exclusive access to its chain.
-pub struct Writer<'a> {
-    slot: OwnedMutexGuard<Slot>,
-    signer: PrivateKeySigner,
-    target: LedgerTarget,
-    options: &'a LedgerOptions,
-}
-
-impl Ledgers {
-    pub fn new(options: LedgerOptions) -> Self {
-        Self {
-            accounts: Mutex::default(),
-            options,
-        }
-    }
-
-    /// Waits for the right to write as `signer` on the target's chain.
-    pub async fn writer(&self, target: LedgerTarget, signer: PrivateKeySigner) -> Writer<'_> {
-        let key = AccountKey {
-            rpc_url: target.rpc_url.clone(),
-            chain_id: target.chain_id,
-            account: signer.address(),
+            registration
+        } else {
+            requeue = MIN_ROUND_WAIT;
+            continue;
         };
-        let slot = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        Writer {
-            slot: slot.lock_owned().await,
-            signer,
-            target,
-            options: &self.options,
-        }
+        show_member(&ctx, member, &registration, &state.rewards, now).await?;
     }
+    Ok(Action::requeue(requeue))
 }
 
-impl Writer<'_> {
-    pub fn operator(&self) -> Address {
-        self.signer.address()
-    }
-
-    fn problem(&self, error: &swarm_ledger::LedgerError) -> LedgerProblem {
-        LedgerProblem::from_ledger(error, &self.target.rpc_url)
-    }
-
-    /// The target's contract: the known one, else the one at the Swarm's deterministic address,
-    /// deployed now if it is not there yet (then reported as deployed).
-    pub async fn contract(&mut self) -> Result<(Address, bool), LedgerProblem> {
-        if let Some(contract) = self.target.contract {
-            return Ok((contract, false));
-        }
-        let deployment = LedgerClient::deploy_deterministic(
-            &self.target.rpc_url,
-            self.target.chain_id,
-            self.signer.clone(),
-            self.target.deployment_salt,
-            self.options.clone(),
-        )
-        .await
-        .map_err(|e| self.problem(&e))?;
-        if deployment.sent {
-            // The deployment used the account's next nonce outside any cached client.
-            self.slot.client = None;
-        }
-        self.target.contract = Some(deployment.address);
-        Ok((deployment.address, deployment.sent))
-    }
-
-    /// A client for the contract, connected (chain and contract checked) unless one is cached.
-    async fn client(&mut self, contract: Address) -> Result<Arc<LedgerClient>, LedgerProblem> {
-        if let Some(client) = &self.slot.client
-            && client.contract() == contract
-        {
-            return Ok(client.clone());
-        }
-        let client = LedgerClient::connect(
-            &self.target.rpc_url,
-            self.target.chain_id,
-            self.signer.clone(),
-            contract,
-            self.options.clone(),
-        )
-        .await
-        .map_err(|e| self.problem(&e))?;
-        let client = Arc::new(client);
-        self.slot.client = Some(client.clone());
-        Ok(client)
-    }
-
-    /// Connects to the contract and checks that the operator's account owns it.
-    pub async fn owned_client(
-        &mut self,
-        contract: Address,
-    ) -> Result<Arc<LedgerClient>, LedgerProblem> {
-        let client = self.client(contract).await?;
-        let owner = client.owner().await.map_err(|e| self.problem(&e))?;
-        if owner != self.operator() {
-            self.slot.client = None;
-            return Err(LedgerProblem::new(
-                "NotContractOwner",
-                format!(
-                    "contract {contract} is owned by {owner}, not by the operator's account {}",
-                    self.operator()
-                ),
-            ));
-        }
-        Ok(client)
-    }
-
-    /// Moves the contract's round up to the wall-clock round, a bounded number of steps at a time.
-    /// `advanceRound(from)` refuses any other `from`, so a concurrent or repeated call never skips.
-    pub async fn advance_rounds(
-        &mut self,
-        contract: Address,
-        expected: u64,
-    ) -> Result<u64, LedgerProblem> {
-        let client = self.client(contract).await?;
-        let mut round = client.current_round().await.map_err(|e| self.problem(&e))?;
-        let mut steps = 0;
-        while round < expected && steps < MAX_ADVANCES_PER_RECONCILE {
-            client
-                .advance_round(round)
-                .await
-                .map_err(|e| self.problem(&e))?;
-            round += 1;
-            steps += 1;
-        }
-        Ok(round)
-    }
-
-    /// Tops the account up to `amount`: nothing is sent when its balance already holds it.
-    /// Returns the transfer's hash when one was sent.
-    pub async fn fund(
-        &mut self,
-        account: Address,
-        amount: U256,
-    ) -> Result<Option<String>, LedgerProblem> {
-        if amount.is_zero() {
-            return Ok(None);
-        }
-        let failed = |what: &str, error: &dyn std::fmt::Display| {
-            LedgerProblem::new(
-                "FundingFailed",
-                redact(
-                    &format!("cannot fund {account}: {what}: {error}"),
-                    &self.target.rpc_url,
-                ),
-            )
-        };
-        let url = reqwest::Url::parse(&self.target.rpc_url)
-            .map_err(|e| failed("the RPC URL is not a URL", &e))?;
-        let http = reqwest::Client::builder()
-            .timeout(self.options.request_timeout)
-            .build()
-            .map_err(|e| failed("cannot set up the HTTP client", &e))?;
-        let provider = ProviderBuilder::new()
-            .with_chain_id(self.target.chain_id)
-            .wallet(EthereumWallet::from(self.signer.clone()))
-            .connect_reqwest(http, url);
-        let balance = provider
-            .get_balance(account)
-            .await
-            .map_err(|e| failed("cannot read its balance", &e))?;
-        let Some(missing) = top_up(balance, amount) else {
-            return Ok(None);
-        };
-        // Whatever happens next, the cached client's nonce no longer matches the chain.
-        self.slot.client = None;
-        let tx = TransactionRequest::default()
-            .with_to(account)
-            .with_value(missing);
-        let receipt = provider
-            .send_transaction(tx)
-            .await
-            .map_err(|e| failed("cannot send the transfer", &e))?
-            .with_timeout(Some(self.options.receipt_timeout))
-            .get_receipt()
-            .await
-            .map_err(|e| failed("the transfer was not mined", &e))?;
-        if !receipt.status() {
-            return Err(failed("the transfer reverted", &receipt.transaction_hash));
-        }
-        Ok(Some(receipt.transaction_hash.to_string()))
-    }
-
-    /// Binds the member's account to its PeerId. Returns the transaction's hash, or `None` when the
-    /// ledger already had the binding.
-    pub async fn register(
-        &mut self,
-        contract: Address,
-        account: Address,
-        peer_id: &str,
-    ) -> Result<Option<String>, LedgerProblem> {
-        let client = self.client(contract).await?;
-        match client
-            .register_member(account, peer_id)
-            .await
-            .map_err(|e| self.problem(&e))?
-        {
-            Outcome::Sent(receipt) => Ok(Some(receipt.transaction_hash.to_string())),
-            Outcome::AlreadyRecorded => Ok(None),
-        }
-    }
-
-    /// Stops the member's account from submitting; already deregistered counts as done.
-    pub async fn deregister(
-        &mut self,
-        contract: Address,
-        account: Address,
-    ) -> Result<Option<String>, LedgerProblem> {
-        let client = self.client(contract).await?;
-        match client
-            .deregister_member(account)
-            .await
-            .map_err(|e| self.problem(&e))?
-        {
-            Outcome::Sent(receipt) => Ok(Some(receipt.transaction_hash.to_string())),
-            Outcome::AlreadyRecorded => Ok(None),
-        }
-    }
-}
-
-/// The operator's key from the Secret the spec names. Kubernetes failures are errors of the
-/// reconciliation; a missing or malformed key is a ledger problem the status reports.
-pub async fn operator_signer(
-    client: &kube::Client,
-    namespace: &str,
-    spec: &LedgerSpec,
-) -> Result<Result<PrivateKeySigner, LedgerProblem>> {
-    let secret_ref = &spec.operator_key_secret;
-    let name = &secret_ref.name;
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .context(|| format!("get the ledger operator's key Secret {namespace}/{name}"))?;
-    let Some(secret) = secret else {
-        return Ok(Err(LedgerProblem::new(
-            "OperatorKeyMissing",
-            format!("Secret {namespace}/{name} (ledger.operatorKeySecret) does not exist"),
-        )));
-    };
-    let Some(bytes) = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&secret_ref.key))
-        .map(|b| Zeroizing::new(b.0.clone()))
-    else {
-        return Ok(Err(LedgerProblem::new(
-            "OperatorKeyMissing",
-            format!(
-                "Secret {namespace}/{name} has no entry {:?}",
-                secret_ref.key
-            ),
-        )));
-    };
-    // The parse error is not passed on: only that the key is unusable may be told, never its text.
-    let invalid = || {
-        LedgerProblem::new(
-            "OperatorKeyInvalid",
-            format!(
-                "entry {:?} of Secret {namespace}/{name} is not a secp256k1 key (64 hex characters)",
-                secret_ref.key
-            ),
-        )
-    };
-    let key = match MemberKey::from_secret_data(&bytes) {
-        Ok(key) => key,
-        Err(_) => return Ok(Err(invalid())),
-    };
-    Ok(member_signer(&key).map_err(|_| invalid()))
-}
-
-/// Sets the Swarm's ledger up: the operator's key, the contract (deployed if asked and not yet
-/// done), its ownership, and, when `advance` (only the Lease holder writes), its round.
-pub async fn set_up(
-    ctx: &super::Context,
+/// The chain cannot be used: the Swarm and every member not registered yet say why; the next try
+/// waits as long as the problem has lasted (5 s to 5 min).
+async fn report_outage(
+    ctx: &Context,
     swarm: &Swarm,
-    namespace: &str,
-    advance: bool,
+    members: &[SwarmMember],
+    problem: LedgerProblem,
     now: Timestamp,
-) -> Result<Option<Result<LedgerState, LedgerProblem>>> {
-    let (Some(spec), target) = (&swarm.spec.ledger, ledger_target(swarm)) else {
-        return Ok(None);
-    };
-    let target = match target {
-        Ok(Some(target)) => target,
-        Ok(None) => return Ok(None),
-        Err(problem) => return Ok(Some(Err(problem))),
-    };
-    let signer = match operator_signer(&ctx.client, namespace, spec).await? {
-        Ok(signer) => signer,
-        Err(problem) => return Ok(Some(Err(problem))),
-    };
-    let mut writer = ctx.ledgers.writer(target, signer).await;
-    let result = async {
-        let (contract, deployed) = writer.contract().await?;
-        if deployed {
-            // Recorded by the caller before anything else can fail; the round waits for the next pass.
-            return Ok(LedgerState {
-                contract,
-                operator: writer.operator(),
-                deployed,
-                round: 0,
-                rewards: HashMap::new(),
-            });
-        }
-        writer.owned_client(contract).await?;
-        let expected = if advance {
-            expected_round(swarm, now)
-        } else {
-            0
-        };
-        let round = writer.advance_rounds(contract, expected).await?;
-        let rewards = if advance {
-            let client = writer.client(contract).await?;
-            let uid = swarm.metadata.uid.clone().unwrap_or_default();
-            ctx.rewards
-                .latest(&uid, &client, Instant::now())
-                .await
-                .map_err(|e| writer.problem(&e))?
-        } else {
-            HashMap::new()
-        };
-        Ok(LedgerState {
-            contract,
-            operator: writer.operator(),
-            deployed,
-            round,
-            rewards,
-        })
+) -> Result<Action> {
+    show_swarm(ctx, swarm, Err(&problem), now).await?;
+    let known = swarm
+        .status
+        .as_ref()
+        .and_then(|s| s.ledger.as_ref())
+        .and_then(|l| l.contract_address.as_deref())
+        .and_then(|a| a.parse::<Address>().ok());
+    let unregistered = members.iter().filter(|m| {
+        m.metadata.deletion_timestamp.is_none()
+            && m.status.as_ref().is_some_and(|s| s.address.is_some())
+            && !known.is_some_and(|contract| registered_on(m, contract))
+    });
+    let failed = Registration::Failed(problem.clone());
+    for member in unregistered {
+        show_member(ctx, member, &failed, &HashMap::new(), now).await?;
     }
-    .await;
-    Ok(Some(result))
+    let since = swarm
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions.iter().find(|c| {
+                c.type_ == conditions::LEDGER_READY
+                    && c.status == "False"
+                    && c.reason == problem.reason
+            })
+        })
+        .map(|c| c.last_transition_time.0);
+    Ok(Action::requeue(retry_delay(since, now)))
 }
 
-/// Funds (when the spec says so) and registers one member; returns the funding and registration
-/// transactions sent, if any.
-pub async fn register_member(
-    ctx: &super::Context,
+/// Writes the Swarm's ledger fields when they changed; a new problem is also an Event.
+async fn show_swarm(
+    ctx: &Context,
     swarm: &Swarm,
-    namespace: &str,
-    key: &MemberKey,
-) -> Result<Result<(Address, Option<String>, Option<String>), LedgerProblem>> {
-    let Some(spec) = &swarm.spec.ledger else {
-        return Ok(Err(LedgerProblem::new(
-            "NoLedger",
-            "the Swarm has no ledger",
-        )));
+    found: std::result::Result<&LedgerState, &LedgerProblem>,
+    now: Timestamp,
+) -> Result<()> {
+    let shown = swarm
+        .status
+        .as_ref()
+        .map(|s| s.ledger_part())
+        .unwrap_or_default();
+    let part = swarm_ledger_part(swarm, found, now);
+    if part == shown {
+        return Ok(());
+    }
+    apply_status_as(LEDGER_FIELD_MANAGER, swarm, &part, ctx.client.clone()).await?;
+    let new_problem = part.conditions.iter().find(|c| {
+        c.status == "False"
+            && !shown
+                .conditions
+                .iter()
+                .any(|s| s.status == "False" && s.reason == c.reason)
+    });
+    if let Some(problem) = new_problem {
+        ctx.event(
+            &swarm.object_ref(&()),
+            EventType::Warning,
+            &problem.reason,
+            problem.message.clone(),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Writes the member's ledger fields when they changed.
+async fn show_member(
+    ctx: &Context,
+    member: &SwarmMember,
+    registration: &Registration,
+    rewards: &HashMap<Address, RecordedReward>,
+    now: Timestamp,
+) -> Result<()> {
+    let shown = member
+        .status
+        .as_ref()
+        .map(|s| s.ledger_part())
+        .unwrap_or_default();
+    let part = member_ledger_part(member, registration, rewards, now);
+    if part != shown {
+        apply_status_as(LEDGER_FIELD_MANAGER, member, &part, ctx.client.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Funds and registers a member whose identity exists; `None` while it does not (the member's
+/// own status says why). The finalizer comes first: deregistration on removal depends on it.
+async fn join(
+    ctx: &Context,
+    swarm: &Swarm,
+    member: &SwarmMember,
+    state: &LedgerState,
+    writer: &mut Writer<'_>,
+) -> Result<Option<Registration>> {
+    let key = match read_identity(ctx, member).await {
+        Ok(Some(key)) => key,
+        Ok(None) => return Ok(None),
+        Err(error) if error.is_identity_problem() => return Ok(None),
+        Err(error) => return Err(error),
     };
-    let target = match ledger_target(swarm) {
-        Ok(Some(target)) => target,
-        Ok(None) => {
-            return Ok(Err(LedgerProblem::new(
-                "NoLedger",
-                "the Swarm has no ledger",
-            )));
-        }
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let Some(contract) = target.contract else {
-        return Ok(Err(LedgerProblem::new(
-            "LedgerNotReady",
-            "the Swarm's contract is not deployed yet",
-        )));
-    };
-    let amount = match member_funding(spec) {
-        Ok(amount) => amount,
-        Err(problem) => return Ok(Err(problem)),
+    let members_api: Api<SwarmMember> =
+        Api::namespaced(ctx.client.clone(), &member.namespace().unwrap_or_default());
+    add_finalizer(&members_api, member, MEMBER_FINALIZER).await?;
+    let amount = match swarm.spec.ledger.as_ref().map(member_funding) {
+        Some(Ok(amount)) => amount,
+        Some(Err(problem)) => return Ok(Some(Registration::Failed(problem))),
+        None => return Ok(None),
     };
     let account: Address = match key.address().parse() {
         Ok(account) => account,
         Err(_) => {
-            return Ok(Err(LedgerProblem::new(
+            return Ok(Some(Registration::Failed(LedgerProblem::new(
                 "InvalidAccount",
                 format!("{} is not an account address", key.address()),
-            )));
+            ))));
         }
     };
-    let signer = match operator_signer(&ctx.client, namespace, spec).await? {
-        Ok(signer) => signer,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let mut writer = ctx.ledgers.writer(target, signer).await;
-    let result = async {
-        // Connecting first checks the chain and the contract before any value moves.
-        writer.client(contract).await?;
-        let funding = writer.fund(account, amount).await?;
-        let registration = writer
-            .register(contract, account, &key.peer_id_string())
-            .await?;
-        Ok((contract, funding, registration))
-    }
-    .await;
-    Ok(result)
+    Ok(Some(
+        match writer
+            .join(state.contract, account, &key.peer_id_string(), amount)
+            .await
+        {
+            Ok((funding, registration)) => Registration::Done {
+                contract: state.contract,
+                funding,
+                registration,
+            },
+            Err(problem) => Registration::Failed(problem),
+        },
+    ))
 }
 
-/// Deregisters one member's account from the Swarm's contract.
-pub async fn deregister_member(
-    ctx: &super::Context,
+/// A member being deleted: deregisters its account when it is removed for good, then lets it go. A
+/// failed deregistration keeps the finalizer and is retried, so no registration outlives its member
+/// unnoticed. Returns when to look again.
+async fn leave(
+    ctx: &Context,
     swarm: &Swarm,
-    namespace: &str,
-    account: Address,
-) -> Result<Result<Option<String>, LedgerProblem>> {
-    let Some(spec) = &swarm.spec.ledger else {
-        return Ok(Ok(None));
-    };
-    let target = match ledger_target(swarm) {
-        Ok(Some(target)) => target,
-        Ok(None) => return Ok(Ok(None)),
-        Err(problem) => return Ok(Err(problem)),
-    };
-    // A contract never deployed holds no registration.
-    let Some(contract) = target.contract else {
-        return Ok(Ok(None));
-    };
-    let signer = match operator_signer(&ctx.client, namespace, spec).await? {
-        Ok(signer) => signer,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let mut writer = ctx.ledgers.writer(target, signer).await;
-    Ok(writer.deregister(contract, account).await)
+    member: &SwarmMember,
+    writer: &mut Writer<'_>,
+    now: Timestamp,
+) -> Result<Duration> {
+    let reference = member.object_ref(&());
+    let account = member
+        .status
+        .as_ref()
+        .and_then(|s| s.address.as_deref())
+        .and_then(|a| a.parse::<Address>().ok());
+    // A contract never deployed or recorded holds no registration.
+    match (
+        removal(Some(swarm), member),
+        account,
+        writer.known_contract(),
+    ) {
+        (Removal::Deregister, Some(account), Some(contract)) => {
+            match writer.deregister(contract, account).await {
+                Ok(Some(tx)) => {
+                    ctx.event(
+                        &reference,
+                        EventType::Normal,
+                        "Deregistered",
+                        format!("deregistered account {account} in transaction {tx}"),
+                    )
+                    .await;
+                }
+                Ok(None) => {
+                    info!(member = %member.name_any(), %account, "account already deregistered")
+                }
+                Err(problem) => {
+                    ctx.event(
+                        &reference,
+                        EventType::Warning,
+                        problem.reason,
+                        format!(
+                            "cannot deregister account {account} through {}: {}; retrying",
+                            chain::endpoint(swarm),
+                            problem.message
+                        ),
+                    )
+                    .await;
+                    return Ok(retry_delay(None, now));
+                }
+            }
+        }
+        (Removal::KeepRegistered(why), Some(account), _) => {
+            info!(member = %member.name_any(), %account, why, "member leaves, its registration stays");
+        }
+        // Without an address the member never had an identity, so it was never registered.
+        _ => {}
+    }
+    let members_api: Api<SwarmMember> =
+        Api::namespaced(ctx.client.clone(), &member.namespace().unwrap_or_default());
+    remove_finalizer(&members_api, member, MEMBER_FINALIZER).await?;
+    Ok(RESYNC)
 }
 
-/// How the RPC endpoint may be named in a message.
-pub fn endpoint(swarm: &Swarm) -> String {
-    swarm
-        .spec
-        .ledger
-        .as_ref()
-        .map(|l| display_url(&l.rpc_url))
-        .unwrap_or_default()
+/// Since when the member's registration has been failing for the same reason, as its status says.
+fn failing_since(member: &SwarmMember, problem: &LedgerProblem) -> Option<Timestamp> {
+    member
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == conditions::REGISTERED && c.status == "False" && c.reason == problem.reason
+        })
+        .map(|c| c.last_transition_time.0)
 }

@@ -1,28 +1,25 @@
-//! SwarmMember controller: reads the member's identity; its checkpoint volume, its pod and its status.
+//! SwarmMember controller: reads the member's identity; its checkpoint volume, its pod and its
+//! status (all but the ledger controller's fields).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use swarm_identity::MemberKey;
 use tracing::info;
 
 use super::identity::read_identity;
-use super::{Context, add_finalizer, apply, apply_status, delete, ledger, remove_finalizer};
-use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus, conditions};
+use super::{Context, apply, apply_status, delete, remove_finalizer};
+use crate::api::{MemberPhase, SwarmMember, SwarmMemberStatus};
 use crate::build::{TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_member_pod};
 use crate::error::{Error, Result};
-use crate::ledger::{
-    MEMBER_FINALIZER, Removal, ledger_target, registered_on, registered_status, removal,
-    retry_delay,
-};
-use crate::status::{ModelDownload, PodObservation, Readiness, condition, observe_pod};
+use crate::ledger::MEMBER_FINALIZER;
+use crate::status::{ModelDownload, PodObservation, Readiness, observe_pod};
 
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon to look again while a pod is terminating or a previous incarnation is being collected.
@@ -51,7 +48,14 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     }
     let swarm = ctx.swarm(&namespace, &member.spec.swarm).await?;
     if member.metadata.deletion_timestamp.is_some() {
-        return leave_ledger(&ctx, swarm.as_ref(), &member, &members_api).await;
+        // The ledger controller deregisters a leaving member and removes its finalizer; only when
+        // the Swarm, and with it the ledger settings, is gone (its own finalizer removed by hand)
+        // is the member let go here, registered as it is.
+        if swarm.is_none() {
+            info!(member = %name, "member leaves without its Swarm; its registration stays");
+            remove_finalizer(&members_api, &member, MEMBER_FINALIZER).await?;
+        }
+        return Ok(Action::await_change());
     }
     let Some(swarm) = swarm else {
         // The garbage collector removes members of a deleted Swarm.
@@ -222,16 +226,6 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         }
     }
 
-    let registered = if swarm.spec.ledger.is_some() {
-        // Deregistration on removal depends on this finalizer, so it comes before registration.
-        add_finalizer(&members_api, &member, MEMBER_FINALIZER).await?;
-        let (registered, wait) = join_ledger(&ctx, &swarm, &member, &key, &mut status, now).await?;
-        requeue = requeue.min(wait);
-        Some(registered)
-    } else {
-        None
-    };
-
     let readiness = Readiness::of(status.phase, unschedulable);
     status.conditions = vec![
         readiness.condition(
@@ -244,146 +238,26 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
             now,
         ),
     ];
-    status.conditions.extend(registered);
     write_status(&ctx, &member, &status).await?;
     Ok(Action::requeue(requeue))
 }
 
-/// Writes `status` unless the member shows it already; the progress fields are left to the
-/// Swarm's ledger pass.
+/// Writes the member controller's part of `status` unless the member shows it already; the ledger
+/// controller's fields are its own.
 async fn write_status(
     ctx: &Context,
     member: &SwarmMember,
     status: &SwarmMemberStatus,
 ) -> Result<()> {
-    if member.status.as_ref() != Some(status) {
-        apply_status(member, &status.without_progress(), ctx.client.clone()).await?;
+    let mine = status.without_ledger_part();
+    let shown = member
+        .status
+        .as_ref()
+        .map(SwarmMemberStatus::without_ledger_part);
+    if shown.as_ref() != Some(&mine) {
+        apply_status(member, &mine, ctx.client.clone()).await?;
     }
     Ok(())
-}
-
-/// Funds and registers the member on its Swarm's ledger unless its status shows it registered on the
-/// Swarm's contract. Returns the `Registered` condition and when to look again.
-async fn join_ledger(
-    ctx: &Context,
-    swarm: &Swarm,
-    member: &SwarmMember,
-    key: &MemberKey,
-    status: &mut SwarmMemberStatus,
-    now: Timestamp,
-) -> Result<(Condition, Duration)> {
-    let namespace = member.namespace().unwrap_or_default();
-    let previous = member
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let contract = ledger_target(swarm).ok().flatten().and_then(|t| t.contract);
-    if let Some(contract) = contract
-        && registered_on(member, contract)
-        && let Some(kept) = previous.iter().find(|c| c.type_ == conditions::REGISTERED)
-    {
-        return Ok((kept.clone(), RESYNC));
-    }
-    let outcome = ledger::register_member(ctx, swarm, &namespace, key).await?;
-    let generation = member.metadata.generation;
-    Ok(match outcome {
-        Ok((contract, funding, registration)) => {
-            let message = match &registration {
-                Some(tx) => format!(
-                    "account {} registered as {} on contract {} in transaction {tx}",
-                    key.address(),
-                    key.peer_id_string(),
-                    contract.to_checksum(None)
-                ),
-                None => format!(
-                    "account {} was already registered as {} on contract {}",
-                    key.address(),
-                    key.peer_id_string(),
-                    contract.to_checksum(None)
-                ),
-            };
-            status.ledger = Some(registered_status(
-                status.ledger.as_ref(),
-                contract,
-                funding,
-                registration,
-            ));
-            let registered = condition(
-                previous,
-                conditions::REGISTERED,
-                true,
-                "Registered",
-                message,
-                generation,
-                now,
-            );
-            (registered, RESYNC)
-        }
-        Err(problem) => {
-            let since = previous
-                .iter()
-                .find(|c| {
-                    c.type_ == conditions::REGISTERED
-                        && c.status == "False"
-                        && c.reason == problem.reason
-                })
-                .map(|c| c.last_transition_time.0);
-            let not_registered = condition(
-                previous,
-                conditions::REGISTERED,
-                false,
-                problem.reason,
-                problem.message,
-                generation,
-                now,
-            );
-            (not_registered, retry_delay(since, now))
-        }
-    })
-}
-
-/// A member being deleted: deregisters its account when it is removed for good, then lets it go.
-/// A failed deregistration keeps the finalizer and is retried, so no registration outlives its member
-/// unnoticed.
-async fn leave_ledger(
-    ctx: &Context,
-    swarm: Option<&Swarm>,
-    member: &SwarmMember,
-    members_api: &Api<SwarmMember>,
-) -> Result<Action> {
-    let namespace = member.namespace().unwrap_or_default();
-    let reference = member.object_ref(&());
-    let account = member
-        .status
-        .as_ref()
-        .and_then(|s| s.address.as_deref())
-        .and_then(|a| a.parse().ok());
-    match (removal(swarm, member), swarm, account) {
-        (Removal::Deregister, Some(swarm), Some(account)) => {
-            match ledger::deregister_member(ctx, swarm, &namespace, account).await?? {
-                Some(tx) => {
-                    ctx.event(
-                        &reference,
-                        EventType::Normal,
-                        "Deregistered",
-                        format!("deregistered account {account} in transaction {tx}"),
-                    )
-                    .await;
-                }
-                None => {
-                    info!(member = %member.name_any(), %account, "account already deregistered")
-                }
-            }
-        }
-        (Removal::KeepRegistered(why), _, Some(account)) => {
-            info!(member = %member.name_any(), %account, why, "member leaves, its registration stays");
-        }
-        // Without an address the member never had an identity, so it was never registered.
-        _ => {}
-    }
-    remove_finalizer(members_api, member, MEMBER_FINALIZER).await?;
-    Ok(Action::await_change())
 }
 
 fn owned_by(pod: &Pod, member: &SwarmMember) -> bool {

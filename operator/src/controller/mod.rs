@@ -1,7 +1,8 @@
-//! The two controllers and what they share. Reconcilers fetch, call the pure builders, apply with
-//! server-side apply and write status; nothing else.
+//! The three controllers (Swarms, members, ledgers) and what they share. Reconcilers fetch, call
+//! the pure builders, apply with server-side apply and write status; nothing else.
 
 pub mod cache;
+pub mod chain;
 pub mod identity;
 pub mod ledger;
 pub mod member;
@@ -34,6 +35,11 @@ use crate::metrics::Metrics;
 
 /// How long the member controller waits after a member's last trigger before reconciling it.
 const MEMBER_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How long the ledger controller waits after a Swarm's last trigger: a scale-up changes members
+/// many times a second, and each pass asks the chain.
+const LEDGER_DEBOUNCE: Duration = Duration::from_secs(2);
+/// Member events waiting for the ledger controller; the member watch waits when it is full.
+const LEDGER_TRIGGER_BUFFER: usize = 1024;
 
 /// What every reconciliation needs.
 pub struct Context {
@@ -41,8 +47,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub pod_settings: PodSettings,
-    pub ledgers: ledger::Ledgers,
-    pub rewards: ledger::Rewards,
+    pub ledgers: chain::Ledgers,
+    pub rewards: chain::Rewards,
     /// Whether this replica may write to ledgers now: it holds the leader Lease, or runs alone.
     pub leader: Arc<AtomicBool>,
     /// The watches' stores, once [`run`] has started them; reads go to the API server without.
@@ -62,8 +68,8 @@ impl Context {
             client,
             metrics,
             pod_settings,
-            ledgers: ledger::Ledgers::default(),
-            rewards: ledger::Rewards::default(),
+            ledgers: chain::Ledgers::default(),
+            rewards: chain::Rewards::default(),
             leader: Arc::new(AtomicBool::new(true)),
             caches: OnceLock::new(),
             retries: RetryBackoff::default(),
@@ -78,7 +84,7 @@ impl Context {
 
     /// The same context with other ledger timeouts and retries (tests use short ones).
     pub fn with_ledger_options(mut self, options: swarm_ledger::LedgerOptions) -> Self {
-        self.ledgers = ledger::Ledgers::new(options);
+        self.ledgers = chain::Ledgers::new(options);
         self
     }
 
@@ -272,6 +278,11 @@ fn object_key<K: Resource>(object: &K) -> String {
     )
 }
 
+/// The retry key of an object in one controller: two controllers of one Swarm back off apart.
+fn retry_key(controller: &str, object_key: &str) -> String {
+    format!("{controller}:{object_key}")
+}
+
 /// Runs a reconciler over a guarded object: a malformed object gets a Warning Event and is skipped,
 /// so it can neither crash the operator nor stop the watch that delivered it.
 pub async fn guarded<K, F, Fut>(
@@ -302,7 +313,7 @@ where
                 .instrument(span.clone())
                 .await;
             match &result {
-                Ok(_) => ctx.retries.succeeded(&key),
+                Ok(_) => ctx.retries.succeeded(&retry_key(controller, &key)),
                 Err(error) => {
                     span.record("otel.status_code", "ERROR");
                     span.record("error.reason", error.reason());
@@ -346,12 +357,13 @@ fn reference_of<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> ObjectRefer
 }
 
 fn error_policy<K: Resource>(
+    controller: &str,
     object: Arc<DeserializeGuard<K>>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
     let key = object_key(object.as_ref());
-    let delay = ctx.retries.failed(key.clone());
+    let delay = ctx.retries.failed(retry_key(controller, &key));
     warn!(object = %key, %error, retry_in = ?delay, "reconciliation failed");
     Action::requeue(delay)
 }
@@ -388,11 +400,22 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let events = reflector(writer, watcher(api, config).default_backoff()).touched_objects();
-    (store, events)
+    (store, watch_into(writer, api, config))
 }
 
-/// Runs both controllers until `shutdown` resolves; in-flight reconciliations finish first.
+/// The trigger stream of a watch of `api` that fills `writer`'s store first.
+fn watch_into<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    reflector(writer, watcher(api, config).default_backoff()).touched_objects()
+}
+
+/// Runs the three controllers until `shutdown` resolves; in-flight reconciliations finish first.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -404,9 +427,9 @@ pub async fn run(
         namespace,
     };
     let managed = watcher::Config::default().labels(&labels::managed_selector());
-    let (stop_swarms, stop_members) = {
+    let (stop_swarms, stop_members, stop_ledgers) = {
         let shared = futures::FutureExt::shared(shutdown);
-        (shared.clone(), shared)
+        (shared.clone(), shared.clone(), shared)
     };
 
     // The children's watches fill the stores reconciles read (see `cache`) and trigger them.
@@ -417,7 +440,12 @@ pub async fn run(
     // The Swarm controller reads members from the same watch that triggers it: a trigger from
     // another watch could arrive before this store has the change, and the Swarm's status would
     // keep the old count until the next resync.
-    let (member_cache, member_events) = cached_watch(
+    // The ledger controller is triggered by the same store's updates (a shared store): it reads
+    // members from it too.
+    let (member_cache, member_writer) = reflector::store_shared(LEDGER_TRIGGER_BUFFER);
+    let member_updates = member_writer.subscribe();
+    let member_events = watch_into(
+        member_writer,
         scoped.of::<DeserializeGuard<SwarmMember>>(),
         watcher::Config::default(),
     );
@@ -432,7 +460,7 @@ pub async fn run(
     .graceful_shutdown_on(stop_swarms)
     .run(
         |obj, ctx| guarded(obj, ctx, "swarm", swarm::reconcile),
-        error_policy,
+        |obj, error, ctx| error_policy("swarm", obj, error, ctx),
         ctx.clone(),
     )
     .for_each(|result| async move {
@@ -493,8 +521,8 @@ pub async fn run(
         .graceful_shutdown_on(stop_members)
         .run(
             |obj, ctx| guarded(obj, ctx, "member", member::reconcile),
-            error_policy,
-            ctx,
+            |obj, error, ctx| error_policy("member", obj, error, ctx),
+            ctx.clone(),
         )
         .for_each(|result| async move {
             if let Ok((object, _)) = result {
@@ -502,7 +530,33 @@ pub async fn run(
             }
         });
 
-    futures::join!(swarm_controller, member_controller);
+    // Chain work, away from the other two: triggered by its Swarm and by its members' updates
+    // (a leaving member is an update too: its finalizer holds it until deregistered).
+    let mut ledgers = Controller::new(
+        scoped.of::<DeserializeGuard<Swarm>>(),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().debounce(LEDGER_DEBOUNCE));
+    if let Some(updates) = member_updates {
+        ledgers = ledgers.watches_shared_stream(updates, |member| {
+            let swarm = member.labels().get(labels::SWARM)?;
+            Some(ObjectRef::new(swarm).within(&member.namespace()?))
+        });
+    }
+    let ledger_controller = ledgers
+        .graceful_shutdown_on(stop_ledgers)
+        .run(
+            |obj, ctx| guarded(obj, ctx, "ledger", ledger::reconcile),
+            |obj, error, ctx| error_policy("ledger", obj, error, ctx),
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Ok((object, _)) = result {
+                info!(ledger = %object, "reconciled");
+            }
+        });
+
+    futures::join!(swarm_controller, member_controller, ledger_controller);
 }
 
 #[cfg(test)]

@@ -10,27 +10,22 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use super::identity::{IdentityCreated, ensure_identity};
-use super::{
-    Context, add_finalizer, apply, apply_status, apply_status_as, delete, ledger, remove_finalizer,
-};
-use crate::api::{PROGRESS_FIELD_MANAGER, Swarm, SwarmMember, conditions};
+use super::{Context, add_finalizer, apply, apply_status, delete, remove_finalizer};
+use crate::api::{Swarm, SwarmMember, SwarmStatus, conditions};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
 };
 use crate::error::{Error, KubeContext, Result};
-use crate::ledger::{SWARM_FINALIZER, retry_delay, until_next_round};
-use crate::status::{SpecProblem, TrainingProgress, swarm_status};
+use crate::ledger::SWARM_FINALIZER;
+use crate::status::{SpecProblem, swarm_status};
 use swarm_identity::MemberKey;
-use swarm_ledger::{Address, RecordedReward};
 
 /// Periodic re-check even without changes, e.g. for a model volume created after the Swarm.
 const RESYNC: Duration = Duration::from_secs(300);
 const RECHECK_PROBLEM: Duration = Duration::from_secs(30);
-/// Shortest wait for the next round, so that very short rounds do not turn into a busy loop.
-const MIN_ROUND_WAIT: Duration = Duration::from_secs(1);
 /// How soon to look again while a deleted Swarm's members are leaving.
 const WAIT_FOR_MEMBERS: Duration = Duration::from_secs(5);
 
@@ -43,13 +38,12 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     let members_api: Api<SwarmMember> = Api::namespaced(client.clone(), &namespace);
     let swarms_api: Api<Swarm> = Api::namespaced(client.clone(), &namespace);
     if swarm.metadata.deletion_timestamp.is_some() {
-        ctx.rewards
-            .forget(swarm.metadata.uid.as_deref().unwrap_or_default());
         return finish_deletion(&ctx, &swarm, &swarms_api, &members_api).await;
     }
     let reference = swarm.object_ref(&());
     if swarm.spec.ledger.is_some() {
-        // Members must leave the ledger before the Swarm (and with it the ledger settings) is gone.
+        // Members must leave the ledger before the Swarm (and with it the ledger settings) is gone;
+        // the ledger controller does all chain work, so this reconcile never waits on RPC.
         add_finalizer(&swarms_api, &swarm, SWARM_FINALIZER).await?;
     }
 
@@ -108,57 +102,16 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     ctx.apply_config_map(&build_config_map(&swarm, &config)?)
         .await?;
 
-    // Last before the status, so that a contract deployed now is recorded by the very next write.
-    let now = Timestamp::now();
-    let ledger = ledger::set_up(&ctx, &swarm, &namespace, ctx.is_leader(), now).await?;
     let status = swarm_status(
         &swarm,
         &members,
         bootstrap_peers,
         problem.as_ref(),
-        ledger.as_ref(),
-        now,
+        Timestamp::now(),
     );
-    if swarm.status.as_ref() != Some(&status) {
+    let shown = swarm.status.as_ref().map(SwarmStatus::without_ledger_part);
+    if shown.as_ref() != Some(&status) {
         apply_status(&swarm, &status, client).await?;
-    }
-    let mut requeue = RESYNC;
-    match &ledger {
-        Some(Ok(state)) => {
-            show_progress(&ctx.client, &members, &state.rewards).await?;
-            if state.deployed {
-                ctx.event(
-                    &reference,
-                    EventType::Normal,
-                    "ContractDeployed",
-                    format!(
-                        "deployed the coordinator contract {} through {}",
-                        state.contract.to_checksum(None),
-                        ledger::endpoint(&swarm)
-                    ),
-                )
-                .await;
-                // Back at once to check the new contract's ownership and advance its round.
-                requeue = MIN_ROUND_WAIT;
-            } else {
-                // Back when the next round begins, to advance the ledger to it.
-                requeue = requeue.min(until_next_round(&swarm, now).max(MIN_ROUND_WAIT));
-            }
-        }
-        Some(Err(problem)) => {
-            let since = ledger_failing_since(&swarm, problem.reason);
-            if since.is_none() {
-                ctx.event(
-                    &reference,
-                    EventType::Warning,
-                    problem.reason,
-                    problem.message.clone(),
-                )
-                .await;
-            }
-            requeue = requeue.min(retry_delay(since, now));
-        }
-        None => {}
     }
 
     if !created.is_empty() {
@@ -183,7 +136,7 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         let previous = swarm.status.as_ref().and_then(|s| {
             s.conditions
                 .iter()
-                .find(|c| c.type_ == crate::api::conditions::DEGRADED && c.status == "True")
+                .find(|c| c.type_ == conditions::DEGRADED && c.status == "True")
                 .map(|c| c.reason.clone())
         });
         if previous.as_deref() != Some(problem.reason) {
@@ -195,9 +148,9 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
             )
             .await;
         }
-        return Ok(Action::requeue(RECHECK_PROBLEM.min(requeue)));
+        return Ok(Action::requeue(RECHECK_PROBLEM));
     }
-    Ok(Action::requeue(requeue))
+    Ok(Action::requeue(RESYNC))
 }
 
 /// Every live member's bootstrap multiaddr, so the ConfigMap lists them all in one pass: the PeerId
@@ -249,43 +202,9 @@ async fn usable_identity(
     }
 }
 
-/// Shows each member's latest recorded round and rewards in its status, under its own field
-/// manager; only members whose status does not show them yet are written.
-async fn show_progress(
-    client: &Client,
-    members: &[SwarmMember],
-    rewards: &HashMap<Address, RecordedReward>,
-) -> Result<()> {
-    for member in members
-        .iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_none())
-    {
-        let Some(progress) = TrainingProgress::update_for(member, rewards) else {
-            continue;
-        };
-        let shown = serde_json::json!({
-            "round": progress.round,
-            "lastReward": progress.last_reward,
-            "totalReward": progress.total_reward,
-        });
-        apply_status_as(PROGRESS_FIELD_MANAGER, member, &shown, client.clone()).await?;
-    }
-    Ok(())
-}
-
-/// When the Swarm's ledger started failing for `reason`, if its status already says so.
-fn ledger_failing_since(swarm: &Swarm, reason: &str) -> Option<Timestamp> {
-    swarm
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == conditions::LEDGER_READY && c.status == "False" && c.reason == reason)
-        .map(|c| c.last_transition_time.0)
-}
-
-/// A Swarm being deleted with members on a ledger: its members are deleted first (each deregisters
-/// through its own finalizer, which needs the Swarm's ledger settings); then the Swarm may go.
+/// A Swarm being deleted with members on a ledger: its members are deleted first (the ledger
+/// controller deregisters each and removes its finalizer, which needs the Swarm's ledger
+/// settings); then the Swarm may go.
 async fn finish_deletion(
     ctx: &Context,
     swarm: &Swarm,

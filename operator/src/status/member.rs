@@ -1,51 +1,10 @@
-use std::collections::HashMap;
-
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use swarm_ledger::{Address, RecordedReward, unscaled_reward};
 
 use crate::api::{MemberPhase, SwarmMember, conditions};
 use crate::build::FETCH_MODEL_CONTAINER;
 use crate::status::condition;
-
-/// A member's latest round and its rewards, as its status shows them (`round`, `lastReward`,
-/// `totalReward`), from what the member recorded on the Swarm's ledger.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainingProgress {
-    pub round: i64,
-    pub last_reward: f64,
-    pub total_reward: f64,
-}
-
-impl TrainingProgress {
-    pub fn from_record(record: &RecordedReward) -> Self {
-        TrainingProgress {
-            round: i64::try_from(record.round).unwrap_or(i64::MAX),
-            last_reward: unscaled_reward(record.reward),
-            total_reward: unscaled_reward(record.total_reward),
-        }
-    }
-
-    /// The progress to write into `member`'s status: its account's latest record, when the status
-    /// does not show it yet.
-    pub fn update_for(
-        member: &SwarmMember,
-        rewards: &HashMap<Address, RecordedReward>,
-    ) -> Option<Self> {
-        let status = member.status.as_ref()?;
-        let account: Address = status.address.as_deref()?.parse().ok()?;
-        let progress = Self::from_record(rewards.get(&account)?);
-        let shown = (status.round, status.last_reward, status.total_reward);
-        (shown
-            != (
-                Some(progress.round),
-                Some(progress.last_reward),
-                Some(progress.total_reward),
-            ))
-            .then_some(progress)
-    }
-}
 
 /// Whether a member is ready and, if not, why: the reason of its `Ready` condition, which the
 /// Swarm's status reads back (the message is for people; this is for code).
@@ -436,49 +395,6 @@ mod tests {
             observe_pod(Some(&pod(Some("gpu-0"), "Running", &[]))).model,
             None
         );
-    }
-
-    #[test]
-    fn progress_comes_from_the_members_latest_record_and_is_written_once() {
-        use swarm_ledger::I256;
-        let account: Address = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"
-            .parse()
-            .unwrap();
-        let mut member = crate::build::build_member(&crate::build::fixtures::swarm(1), 0);
-        let record = RecordedReward {
-            round: 7,
-            account,
-            reward: I256::try_from(250_000).unwrap(),
-            total_reward: I256::try_from(1_500_000).unwrap(),
-            block: 42,
-        };
-        let rewards = HashMap::from([(account, record)]);
-        assert_eq!(
-            TrainingProgress::update_for(&member, &rewards),
-            None,
-            "no address yet"
-        );
-        member.status = Some(crate::api::SwarmMemberStatus {
-            address: Some(account.to_checksum(None).to_lowercase()),
-            ..Default::default()
-        });
-        let progress = TrainingProgress::update_for(&member, &rewards).unwrap();
-        assert_eq!(
-            progress,
-            TrainingProgress {
-                round: 7,
-                last_reward: 0.25,
-                total_reward: 1.5
-            }
-        );
-        let status = member.status.as_mut().unwrap();
-        (status.round, status.last_reward, status.total_reward) = (Some(7), Some(0.25), Some(1.5));
-        assert_eq!(
-            TrainingProgress::update_for(&member, &rewards),
-            None,
-            "already shown"
-        );
-        assert_eq!(TrainingProgress::update_for(&member, &HashMap::new()), None);
     }
 
     #[test]

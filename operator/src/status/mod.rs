@@ -1,10 +1,12 @@
-//! Pure status computation: what a pod tells about its member, and what the members tell about their
-//! Swarm. Status never claims more than what was observed.
+//! Pure status computation: what a pod tells about its member, what the members tell about their
+//! Swarm, and what the chain tells about both. Status never claims more than what was observed.
 
+mod ledger;
 mod member;
 mod swarm;
 
-pub use member::{ModelDownload, PodObservation, Readiness, TrainingProgress, observe_pod};
+pub use ledger::{Registration, member_ledger_part, swarm_ledger_part};
+pub use member::{ModelDownload, PodObservation, Readiness, observe_pod};
 pub use swarm::{SpecProblem, swarm_status};
 
 use jiff::Timestamp;

@@ -1,10 +1,7 @@
 use jiff::Timestamp;
 
 use super::{Readiness, condition};
-use crate::api::{
-    MemberPhase, Swarm, SwarmLedgerStatus, SwarmMember, SwarmPhase, SwarmStatus, conditions, labels,
-};
-use crate::ledger::{LedgerProblem, LedgerState, display_url};
+use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmPhase, SwarmStatus, conditions, labels};
 
 /// Why a Swarm that passed admission cannot be realised.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,13 +10,13 @@ pub struct SpecProblem {
     pub message: String,
 }
 
-/// The Swarm's status, computed only from the members that exist and what their status says.
+/// The Swarm's status, computed only from the members that exist and what their status says; all
+/// but the ledger controller's fields ([`crate::api::SwarmLedgerPart`]).
 pub fn swarm_status(
     swarm: &Swarm,
     members: &[SwarmMember],
     bootstrap_peers: Vec<String>,
     problem: Option<&SpecProblem>,
-    ledger: Option<&Result<LedgerState, LedgerProblem>>,
     now: Timestamp,
 ) -> SwarmStatus {
     let name = swarm.metadata.name.as_deref().unwrap_or_default();
@@ -89,8 +86,7 @@ pub fn swarm_status(
         SwarmPhase::Progressing
     };
 
-    let previous_ledger = swarm.status.as_ref().and_then(|s| s.ledger.clone());
-    let mut status = SwarmStatus {
+    SwarmStatus {
         replicas: existing,
         ready_replicas: ready,
         selector: labels::swarm_selector(name),
@@ -132,56 +128,7 @@ pub fn swarm_status(
         ],
         bootstrap_peers,
         ledger: None,
-    };
-    if let Some(ledger) = ledger {
-        let endpoint = swarm
-            .spec
-            .ledger
-            .as_ref()
-            .map(|l| display_url(&l.rpc_url))
-            .unwrap_or_default();
-        let (ready, reason, message) = match ledger {
-            Ok(state) => {
-                status.ledger = Some(SwarmLedgerStatus {
-                    contract_address: Some(state.contract.to_checksum(None)),
-                    operator_account: Some(state.operator.to_checksum(None)),
-                    round: i64::try_from(state.round).ok(),
-                });
-                let what = if state.deployed {
-                    "deployed"
-                } else {
-                    "connected to"
-                };
-                (
-                    true,
-                    if state.deployed {
-                        "ContractDeployed"
-                    } else {
-                        "Connected"
-                    },
-                    format!(
-                        "{what} contract {} through {endpoint}",
-                        state.contract.to_checksum(None)
-                    ),
-                )
-            }
-            // What was learnt before (above all a deployed contract's address) stays.
-            Err(problem) => {
-                status.ledger = previous_ledger;
-                (false, problem.reason, problem.message.clone())
-            }
-        };
-        status.conditions.push(condition(
-            previous,
-            conditions::LEDGER_READY,
-            ready,
-            reason,
-            message,
-            generation,
-            now,
-        ));
     }
-    status
 }
 
 #[cfg(test)]
@@ -235,7 +182,7 @@ mod tests {
     }
 
     fn status_of(swarm: &Swarm, members: &[SwarmMember]) -> SwarmStatus {
-        swarm_status(swarm, members, vec![], None, None, Timestamp::UNIX_EPOCH)
+        swarm_status(swarm, members, vec![], None, Timestamp::UNIX_EPOCH)
     }
 
     fn condition_status<'a>(status: &'a SwarmStatus, type_: &str) -> (&'a str, &'a str) {
@@ -362,14 +309,7 @@ mod tests {
             reason: "ModelSourceNotFound",
             message: "PersistentVolumeClaim research/models does not exist".into(),
         };
-        let status = swarm_status(
-            &swarm,
-            &[],
-            vec![],
-            Some(&problem),
-            None,
-            Timestamp::UNIX_EPOCH,
-        );
+        let status = swarm_status(&swarm, &[], vec![], Some(&problem), Timestamp::UNIX_EPOCH);
         assert_eq!(status.phase, Some(SwarmPhase::Degraded));
         assert_eq!(
             condition_status(&status, "Degraded"),
@@ -378,66 +318,12 @@ mod tests {
     }
 
     #[test]
-    fn ledger_condition_reports_the_contract_and_keeps_it_through_an_outage() {
-        use crate::ledger::{LedgerProblem, LedgerState};
-
-        let swarm = fixtures::swarm(0);
-        let contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
-        let state = LedgerState {
-            contract: contract.parse().unwrap(),
-            operator: swarm_ledger::Address::ZERO,
-            deployed: true,
-            round: 0,
-            rewards: Default::default(),
-        };
-        let up = swarm_status(
-            &swarm,
-            &[],
-            vec![],
-            None,
-            Some(&Ok(state)),
-            Timestamp::UNIX_EPOCH,
-        );
-        assert_eq!(
-            condition_status(&up, "LedgerReady"),
-            ("True", "ContractDeployed")
-        );
-        let recorded = up.ledger.clone().unwrap();
-        assert_eq!(recorded.contract_address.as_deref(), Some(contract));
-
-        let mut seen = swarm.clone();
-        seen.status = Some(up);
-        let problem = LedgerProblem::new("RpcUnreachable", "connection refused");
-        let down = swarm_status(
-            &seen,
-            &[],
-            vec![],
-            None,
-            Some(&Err(problem)),
-            Timestamp::UNIX_EPOCH,
-        );
-        assert_eq!(
-            condition_status(&down, "LedgerReady"),
-            ("False", "RpcUnreachable")
-        );
-        assert_eq!(
-            down.ledger,
-            Some(recorded),
-            "the deployed address is never lost"
-        );
-        assert_eq!(down.phase, Some(SwarmPhase::Running), "members train on");
-
-        let without = swarm_status(&swarm, &[], vec![], None, None, Timestamp::UNIX_EPOCH);
-        assert!(without.conditions.iter().all(|c| c.type_ != "LedgerReady"));
-    }
-
-    #[test]
     fn transition_time_is_kept_while_a_condition_holds() {
         let mut swarm = fixtures::swarm(0);
-        let first = swarm_status(&swarm, &[], vec![], None, None, Timestamp::UNIX_EPOCH);
+        let first = swarm_status(&swarm, &[], vec![], None, Timestamp::UNIX_EPOCH);
         swarm.status = Some(first.clone());
         let later = Timestamp::from_second(1_000).unwrap();
-        let second = swarm_status(&swarm, &[], vec![], None, None, later);
+        let second = swarm_status(&swarm, &[], vec![], None, later);
         assert_eq!(first.conditions, second.conditions);
     }
 }
