@@ -1,10 +1,241 @@
-use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use std::time::Duration;
 
-use crate::api::{MemberPhase, SwarmMember, conditions};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::events::EventType;
+
+use crate::api::{MemberPhase, SwarmMember, SwarmMemberStatus, conditions};
 use crate::build::FETCH_MODEL_CONTAINER;
 use crate::status::condition;
+
+/// Periodic re-check of a member even without changes.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon to look again while a pod is terminating or a previous incarnation is being collected.
+const WAIT_FOR_REMOVAL: Duration = Duration::from_secs(5);
+
+/// Delay before replacing a pod after `streak` consecutive failures: 10 s doubling to 5 min.
+pub fn replacement_backoff(streak: i32) -> Duration {
+    if streak <= 0 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(streak - 1).unwrap_or(0).min(5);
+    Duration::from_secs(10 << doublings).min(Duration::from_secs(300))
+}
+
+/// What the member controller found of a member, besides the member itself.
+#[derive(Clone, Debug)]
+pub struct MemberObservation<'a> {
+    /// The libp2p PeerId of its identity Secret's key.
+    pub peer_id: String,
+    /// The ledger account of the same key.
+    pub address: String,
+    pub pod: PodSeen<'a>,
+}
+
+/// The pod by the member's name, as observed.
+#[derive(Clone, Copy, Debug)]
+pub enum PodSeen<'a> {
+    Absent,
+    /// Going away, or not this member's (an earlier incarnation's, still collected): a new pod
+    /// cannot be created yet.
+    Leaving {
+        ours: bool,
+    },
+    /// This member's pod; `current` when built from the Swarm's present member template.
+    Present {
+        pod: &'a Pod,
+        current: bool,
+    },
+}
+
+/// What the member's pod needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodChange {
+    Keep,
+    Create,
+    /// Delete it: failed, or outdated. Its replacement follows once it is gone.
+    Delete,
+}
+
+/// An Event to publish on the member.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberEvent {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The member controller's decisions for one pass: fetch, then this, then apply, then the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberPlan {
+    pub pod: PodChange,
+    /// Published after the pod change, in order.
+    pub events: Vec<MemberEvent>,
+    /// The status to write (all but the ledger controller's fields); `None` when a pod is created:
+    /// its watch event brings the member back to show it, one write instead of two.
+    pub status: Option<SwarmMemberStatus>,
+    pub requeue: Duration,
+}
+
+/// The member's status and what its pod needs, from its prior status and what was observed.
+pub fn member_status(member: &SwarmMember, seen: &MemberObservation, now: Timestamp) -> MemberPlan {
+    let name = member.metadata.name.clone().unwrap_or_default();
+    let prior = member.status.clone().unwrap_or_default();
+    let mut status = SwarmMemberStatus {
+        peer_id: Some(seen.peer_id.clone()),
+        address: Some(seen.address.clone()),
+        observed_generation: member.metadata.generation,
+        ..prior.clone()
+    };
+    let mut plan = MemberPlan {
+        pod: PodChange::Keep,
+        events: Vec::new(),
+        status: None,
+        requeue: RESYNC,
+    };
+    let event = |type_, reason, note| MemberEvent {
+        type_,
+        reason,
+        note,
+    };
+    let mut unschedulable = false;
+    match seen.pod {
+        PodSeen::Leaving { ours } => {
+            // What that pod shows is not this member's state: a previous incarnation's pod may
+            // still run and be ready, and must neither make this member Running nor end its
+            // failure streak. Our own pod deleted by someone else keeps `status.pod`, so that its
+            // disappearance counts as a failure; one we deleted ourselves was already cleared.
+            if !ours {
+                status.pod = None;
+            }
+            status.phase = Some(MemberPhase::Pending);
+            status.node = None;
+            status.message = Some("waiting for the previous pod to be removed".into());
+            plan.requeue = WAIT_FOR_REMOVAL;
+        }
+        PodSeen::Present { pod, current } => {
+            let observed = show(&mut status, &observe_pod(Some(pod)));
+            unschedulable = observed.unschedulable;
+            status.pod = Some(name.clone());
+            match &observed.model {
+                Some(ModelDownload::Done { commit })
+                    if prior.model_commit.as_ref() != Some(commit) =>
+                {
+                    status.model_commit = Some(commit.clone());
+                    plan.events.push(event(
+                        EventType::Normal,
+                        "ModelDownloaded",
+                        format!("the model is at commit {commit}"),
+                    ));
+                }
+                // Once per failure: the message changes when the reason does.
+                Some(ModelDownload::Failed { reason }) if prior.message != status.message => {
+                    plan.events.push(event(
+                        EventType::Warning,
+                        "ModelDownloadFailed",
+                        reason.clone(),
+                    ));
+                }
+                _ => {}
+            }
+            if observed.failed {
+                plan.pod = PodChange::Delete;
+                status.pod = None;
+                record_failure(&mut status, now);
+                plan.requeue = replacement_backoff(status.failure_streak);
+                plan.events.push(event(
+                    EventType::Warning,
+                    "PodFailed",
+                    format!(
+                        "{}; replacing it in {}s",
+                        observed.message.unwrap_or_default(),
+                        plan.requeue.as_secs()
+                    ),
+                ));
+            } else if !current {
+                plan.pod = PodChange::Delete;
+                status.pod = None;
+                plan.requeue = WAIT_FOR_REMOVAL;
+                plan.events.push(event(
+                    EventType::Normal,
+                    "PodOutdated",
+                    "the Swarm's member template changed; replacing the pod".into(),
+                ));
+            }
+        }
+        PodSeen::Absent => {
+            if status.pod.is_some() {
+                // The pod we created disappeared (deleted, evicted, its node removed).
+                record_failure(&mut status, now);
+                status.pod = None;
+            }
+            let wait = remaining_backoff(&status, now);
+            if wait.is_zero() {
+                // Only after a backoff has passed, or before any pod: a pod that vanished just
+                // now starts a backoff. Nothing but the new pod would be recorded; its watch
+                // event brings the member back at once to show it.
+                plan.pod = PodChange::Create;
+                plan.events.push(event(
+                    EventType::Normal,
+                    "PodCreated",
+                    format!("created pod {name}"),
+                ));
+                plan.requeue = WAIT_FOR_REMOVAL;
+                return plan;
+            } else {
+                status.phase = Some(MemberPhase::Failed);
+                status.message = Some(format!(
+                    "pod gone after {} failures in a row; replacing it in {}s",
+                    status.failure_streak,
+                    wait.as_secs()
+                ));
+                plan.requeue = wait;
+            }
+        }
+    }
+    let readiness = Readiness::of(status.phase, unschedulable);
+    status.conditions = vec![
+        readiness.condition(
+            &prior.conditions,
+            status
+                .message
+                .clone()
+                .unwrap_or_else(|| "node is ready".into()),
+            member.metadata.generation,
+            now,
+        ),
+    ];
+    plan.status = Some(status);
+    plan
+}
+
+/// Copies what the pod shows into the member's status; a ready node ends a failure streak.
+fn show(status: &mut SwarmMemberStatus, observed: &PodObservation) -> PodObservation {
+    if observed.phase == MemberPhase::Running {
+        status.failure_streak = 0;
+    }
+    status.phase = Some(observed.phase);
+    status.node = observed.node.clone();
+    status.message = observed.message.clone();
+    observed.clone()
+}
+
+fn record_failure(status: &mut SwarmMemberStatus, now: Timestamp) {
+    status.restarts = status.restarts.saturating_add(1);
+    status.failure_streak = status.failure_streak.saturating_add(1);
+    status.last_failure_time = Some(Time(now));
+}
+
+fn remaining_backoff(status: &SwarmMemberStatus, now: Timestamp) -> Duration {
+    let Some(Time(failed_at)) = status.last_failure_time else {
+        return Duration::ZERO;
+    };
+    let backoff = SignedDuration::try_from(replacement_backoff(status.failure_streak))
+        .unwrap_or(SignedDuration::ZERO);
+    let ready_at = failed_at.saturating_add(backoff).unwrap_or(failed_at);
+    Duration::try_from(ready_at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
 
 /// Whether a member is ready and, if not, why: the reason of its `Ready` condition, which the
 /// Swarm's status reads back (the message is for people; this is for code).
@@ -545,5 +776,166 @@ mod tests {
         let mut terminating = pod(Some("gpu-1"), "Running", &[("Ready", "True", None, None)]);
         terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         assert_eq!(observe_pod(Some(&terminating)).phase, MemberPhase::Pending);
+    }
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (0..9).map(|s| replacement_backoff(s).as_secs()).collect();
+        assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn remaining_backoff_counts_from_the_last_failure() {
+        let failed_at = Timestamp::from_second(1_000).unwrap();
+        let status = SwarmMemberStatus {
+            failure_streak: 2,
+            last_failure_time: Some(Time(failed_at)),
+            ..Default::default()
+        };
+        let later = Timestamp::from_second(1_005).unwrap();
+        assert_eq!(remaining_backoff(&status, later), Duration::from_secs(15));
+        let much_later = Timestamp::from_second(1_100).unwrap();
+        assert_eq!(remaining_backoff(&status, much_later), Duration::ZERO);
+    }
+
+    fn member_with(status: Option<SwarmMemberStatus>) -> SwarmMember {
+        let mut member = crate::build::build_member(&crate::build::fixtures::swarm(1), 0);
+        member.metadata.generation = Some(1);
+        member.status = status;
+        member
+    }
+
+    fn seen(pod: PodSeen<'_>) -> MemberObservation<'_> {
+        MemberObservation {
+            peer_id: "12D3KooWExample".into(),
+            address: "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23".into(),
+            pod,
+        }
+    }
+
+    #[test]
+    fn a_first_pod_is_created_without_a_status_write() {
+        let plan = member_status(
+            &member_with(None),
+            &seen(PodSeen::Absent),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(plan.pod, PodChange::Create);
+        assert_eq!(plan.status, None, "the new pod's watch event shows it");
+        assert_eq!(plan.events[0].reason, "PodCreated");
+        assert_eq!(plan.requeue, WAIT_FOR_REMOVAL);
+    }
+
+    #[test]
+    fn a_vanished_pod_counts_as_a_failure_and_is_replaced_after_its_backoff() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let running = SwarmMemberStatus {
+            pod: Some("demo-0".into()),
+            phase: Some(MemberPhase::Running),
+            ..Default::default()
+        };
+        let plan = member_status(&member_with(Some(running)), &seen(PodSeen::Absent), now);
+        assert_eq!(plan.pod, PodChange::Keep);
+        assert_eq!(plan.requeue, Duration::from_secs(10));
+        let status = plan.status.unwrap();
+        assert_eq!((status.restarts, status.failure_streak), (1, 1));
+        assert_eq!(
+            (status.pod, status.phase),
+            (None, Some(MemberPhase::Failed))
+        );
+        assert_eq!(status.conditions[0].reason, "PodFailed");
+
+        // Back 4 s later: 6 s left. Then, the backoff over, a new pod.
+        let waiting = member_with(Some(SwarmMemberStatus {
+            last_failure_time: Some(Time(now)),
+            failure_streak: 1,
+            ..Default::default()
+        }));
+        let plan = member_status(
+            &waiting,
+            &seen(PodSeen::Absent),
+            Timestamp::from_second(1_004).unwrap(),
+        );
+        assert_eq!(
+            (plan.pod, plan.requeue),
+            (PodChange::Keep, Duration::from_secs(6))
+        );
+        let plan = member_status(
+            &waiting,
+            &seen(PodSeen::Absent),
+            Timestamp::from_second(1_010).unwrap(),
+        );
+        assert_eq!((plan.pod, plan.status), (PodChange::Create, None));
+    }
+
+    #[test]
+    fn a_failed_pod_is_deleted_and_an_outdated_one_replaced() {
+        let failed = pod(Some("gpu-0"), "Failed", &[]);
+        let plan = member_status(
+            &member_with(None),
+            &seen(PodSeen::Present {
+                pod: &failed,
+                current: true,
+            }),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(plan.pod, PodChange::Delete);
+        assert_eq!(plan.requeue, Duration::from_secs(10));
+        assert_eq!(plan.events[0].reason, "PodFailed");
+        assert_eq!(plan.status.unwrap().pod, None);
+
+        let ready = pod(Some("gpu-0"), "Running", &[("Ready", "True", None, None)]);
+        let plan = member_status(
+            &member_with(None),
+            &seen(PodSeen::Present {
+                pod: &ready,
+                current: false,
+            }),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(plan.pod, PodChange::Delete);
+        assert_eq!(plan.events[0].reason, "PodOutdated");
+        assert_eq!(plan.requeue, WAIT_FOR_REMOVAL);
+    }
+
+    #[test]
+    fn a_ready_pod_ends_the_failure_streak_and_a_leaving_one_shows_nothing_of_its_state() {
+        let streak = SwarmMemberStatus {
+            failure_streak: 3,
+            pod: Some("demo-0".into()),
+            ..Default::default()
+        };
+        let ready = pod(Some("gpu-0"), "Running", &[("Ready", "True", None, None)]);
+        let plan = member_status(
+            &member_with(Some(streak.clone())),
+            &seen(PodSeen::Present {
+                pod: &ready,
+                current: true,
+            }),
+            Timestamp::UNIX_EPOCH,
+        );
+        let status = plan.status.unwrap();
+        assert_eq!(
+            (status.phase, status.failure_streak),
+            (Some(MemberPhase::Running), 0)
+        );
+        assert_eq!(status.node.as_deref(), Some("gpu-0"));
+        assert_eq!(status.peer_id.as_deref(), Some("12D3KooWExample"));
+        assert_eq!(status.conditions[0].reason, "NodeReady");
+        assert!(plan.events.is_empty());
+
+        // An earlier incarnation's pod, still running: not this member's state.
+        let plan = member_status(
+            &member_with(Some(streak)),
+            &seen(PodSeen::Leaving { ours: false }),
+            Timestamp::UNIX_EPOCH,
+        );
+        let status = plan.status.unwrap();
+        assert_eq!(
+            (status.phase, status.failure_streak),
+            (Some(MemberPhase::Pending), 3)
+        );
+        assert_eq!(status.pod, None);
+        assert_eq!(plan.requeue, WAIT_FOR_REMOVAL);
     }
 }

@@ -6,7 +6,10 @@ mod member;
 mod swarm;
 
 pub use ledger::{Registration, member_ledger_part, swarm_ledger_part};
-pub use member::{ModelDownload, PodObservation, Readiness, observe_pod};
+pub use member::{
+    MemberEvent, MemberObservation, MemberPlan, ModelDownload, PodChange, PodObservation, PodSeen,
+    Readiness, member_status, observe_pod,
+};
 pub use swarm::{SpecProblem, swarm_status};
 
 use jiff::Timestamp;
