@@ -411,13 +411,25 @@ impl Writer<'_> {
     }
 }
 
-/// The operator's key from the Secret the spec names. Kubernetes failures are errors of the
-/// reconciliation; a missing or malformed key is a ledger problem the status reports.
-pub async fn operator_signer(
+/// Whether the operator may write to a Swarm's chain now, and if not, why (for the status).
+pub enum ChainAccess<'a> {
+    Granted(Box<Writer<'a>>),
+    Refused(LedgerProblem),
+}
+
+/// The operator's key from the Secret the spec names, or why it cannot be used.
+enum OperatorKey {
+    Usable(PrivateKeySigner),
+    Unusable(LedgerProblem),
+}
+
+/// Reads the operator's key. Kubernetes failures are errors of the reconciliation; a missing or
+/// malformed key is a ledger problem the status reports.
+async fn operator_key(
     client: &kube::Client,
     namespace: &str,
     spec: &LedgerSpec,
-) -> Result<Result<PrivateKeySigner, LedgerProblem>> {
+) -> Result<OperatorKey> {
     let secret_ref = &spec.operator_key_secret;
     let name = &secret_ref.name;
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
@@ -425,7 +437,7 @@ pub async fn operator_signer(
         .await
         .context(|| format!("get the ledger operator's key Secret {namespace}/{name}"))?;
     let Some(secret) = secret else {
-        return Ok(Err(LedgerProblem::new(
+        return Ok(OperatorKey::Unusable(LedgerProblem::new(
             "OperatorKeyMissing",
             format!("Secret {namespace}/{name} (ledger.operatorKeySecret) does not exist"),
         )));
@@ -436,7 +448,7 @@ pub async fn operator_signer(
         .and_then(|d| d.get(&secret_ref.key))
         .map(|b| Zeroizing::new(b.0.clone()))
     else {
-        return Ok(Err(LedgerProblem::new(
+        return Ok(OperatorKey::Unusable(LedgerProblem::new(
             "OperatorKeyMissing",
             format!(
                 "Secret {namespace}/{name} has no entry {:?}",
@@ -454,11 +466,13 @@ pub async fn operator_signer(
             ),
         )
     };
-    let key = match MemberKey::from_secret_data(&bytes) {
-        Ok(key) => key,
-        Err(_) => return Ok(Err(invalid())),
-    };
-    Ok(member_signer(&key).map_err(|_| invalid()))
+    let signer = MemberKey::from_secret_data(&bytes)
+        .ok()
+        .and_then(|key| member_signer(&key).ok());
+    Ok(match signer {
+        Some(signer) => OperatorKey::Usable(signer),
+        None => OperatorKey::Unusable(invalid()),
+    })
 }
 
 /// Exclusive access to the Swarm's chain as the operator's account: the target from the spec (and the
@@ -468,28 +482,19 @@ pub async fn writer<'a>(
     ctx: &'a super::Context,
     swarm: &Swarm,
     namespace: &str,
-) -> Result<Result<Writer<'a>, LedgerProblem>> {
-    let (Some(spec), target) = (&swarm.spec.ledger, ledger_target(swarm)) else {
-        return Ok(Err(LedgerProblem::new(
-            "NoLedger",
-            "the Swarm has no ledger",
-        )));
+) -> Result<ChainAccess<'a>> {
+    let no_ledger = || LedgerProblem::new("NoLedger", "the Swarm has no ledger");
+    let (spec, target) = match (&swarm.spec.ledger, ledger_target(swarm)) {
+        (Some(spec), Ok(Some(target))) => (spec, target),
+        (_, Err(problem)) => return Ok(ChainAccess::Refused(problem)),
+        _ => return Ok(ChainAccess::Refused(no_ledger())),
     };
-    let target = match target {
-        Ok(Some(target)) => target,
-        Ok(None) => {
-            return Ok(Err(LedgerProblem::new(
-                "NoLedger",
-                "the Swarm has no ledger",
-            )));
+    Ok(match operator_key(&ctx.client, namespace, spec).await? {
+        OperatorKey::Usable(signer) => {
+            ChainAccess::Granted(Box::new(ctx.ledgers.writer(target, signer).await))
         }
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let signer = match operator_signer(&ctx.client, namespace, spec).await? {
-        Ok(signer) => signer,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    Ok(Ok(ctx.ledgers.writer(target, signer).await))
+        OperatorKey::Unusable(problem) => ChainAccess::Refused(problem),
+    })
 }
 
 /// How the RPC endpoint may be named in a message.

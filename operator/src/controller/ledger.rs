@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use swarm_ledger::{Address, RecordedReward};
 use tracing::info;
 
-use super::chain::{self, Writer};
+use super::chain::{self, ChainAccess, Writer};
 use super::identity::read_identity;
 use super::{Context, add_finalizer, apply_status_as, remove_finalizer};
 use crate::api::{LEDGER_FIELD_MANAGER, Swarm, SwarmMember, conditions};
@@ -55,8 +55,10 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     }
     let now = Timestamp::now();
     let mut writer = match chain::writer(&ctx, &swarm, &namespace).await? {
-        Ok(writer) => writer,
-        Err(problem) => return report_outage(&ctx, &swarm, &members, problem, now).await,
+        ChainAccess::Granted(writer) => *writer,
+        ChainAccess::Refused(problem) => {
+            return report_outage(&ctx, &swarm, &members, problem, now).await;
+        }
     };
 
     // Leaving members first: their finalizers hold their deletion (and the Swarm's) up.

@@ -1,7 +1,7 @@
 //! Swarm controller: members and their identities, the headless Service, the node ConfigMap and the
 //! aggregated status.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,23 +9,19 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use super::identity::{IdentityCreated, ensure_identity};
 use super::{Context, add_finalizer, apply, apply_status, delete, remove_finalizer};
-use crate::api::{Swarm, SwarmMember, SwarmStatus, conditions};
+use crate::api::{Swarm, SwarmMember, SwarmStatus};
 use crate::build::{
     bootstrap_multiaddr, build_config_map, build_member, build_node_config, build_peers_service,
 };
 use crate::error::{Error, KubeContext, Result};
 use crate::ledger::SWARM_FINALIZER;
-use crate::status::{SpecProblem, swarm_status};
+use crate::status::{SpecProblem, plan, swarm_status};
 use swarm_identity::MemberKey;
 
-/// Periodic re-check even without changes, e.g. for a model volume created after the Swarm.
-const RESYNC: Duration = Duration::from_secs(300);
-const RECHECK_PROBLEM: Duration = Duration::from_secs(30);
 /// How soon to look again while a deleted Swarm's members are leaving.
 const WAIT_FOR_MEMBERS: Duration = Duration::from_secs(5);
 
@@ -40,7 +36,6 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     if swarm.metadata.deletion_timestamp.is_some() {
         return finish_deletion(&ctx, &swarm, &swarms_api, &members_api).await;
     }
-    let reference = swarm.object_ref(&());
     if swarm.spec.ledger.is_some() {
         // Members must leave the ledger before the Swarm (and with it the ledger settings) is gone;
         // the ledger controller does all chain work, so this reconcile never waits on RPC.
@@ -50,49 +45,25 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
     let problem = check_model_source(&swarm, &ctx).await?;
     let listed = ctx.members_of(&namespace, &name).await?;
 
-    let desired = swarm.desired_replicas();
-    let mut members: Vec<SwarmMember> = Vec::with_capacity(listed.len());
-    let mut removed = Vec::new();
-    let mut surplus: Vec<SwarmMember> = listed
-        .into_iter()
-        .filter_map(|member| {
-            let keep = member.metadata.deletion_timestamp.is_some()
-                || u32::try_from(member.spec.ordinal).is_ok_and(|o| o < desired);
-            if keep {
-                members.push(member);
-                None
-            } else {
-                Some(member)
-            }
-        })
-        .collect();
-    // Scale-down removes the highest ordinals first.
-    surplus.sort_by_key(|m| std::cmp::Reverse(m.spec.ordinal));
-    for member in surplus {
-        let member_name = member.name_any();
-        delete(&members_api, &member_name, &DeleteParams::background()).await?;
-        removed.push(member_name);
+    let plan = plan(&swarm, &listed, problem.as_ref());
+    for member_name in &plan.remove {
+        delete(&members_api, member_name, &DeleteParams::background()).await?;
     }
-
-    let mut created = Vec::new();
+    let mut members: Vec<SwarmMember> = listed
+        .into_iter()
+        .filter(|m| !plan.remove.contains(&m.name_any()))
+        .collect();
     let mut known_peer_ids = HashMap::new();
-    if problem.is_none() {
-        let present: BTreeSet<u32> = members
-            .iter()
-            .filter_map(|m| u32::try_from(m.spec.ordinal).ok())
-            .collect();
-        for ordinal in (0..desired).filter(|o| !present.contains(o)) {
-            let new_member = build_member(&swarm, ordinal);
-            // The identity first, so the member's controller finds its Secret on its first pass.
-            let identity = usable_identity(&ctx, &swarm, &new_member).await?;
-            let member = apply(&members_api, &new_member).await?;
-            if let Some((key, created)) = identity {
-                known_peer_ids.insert(member.name_any(), key.peer_id_string());
-                IdentityCreated::announce(created, &ctx, &member).await;
-            }
-            created.push(member.name_any());
-            members.push(member);
+    for &ordinal in &plan.create {
+        let new_member = build_member(&swarm, ordinal);
+        // The identity first, so the member's controller finds its Secret on its first pass.
+        let identity = usable_identity(&ctx, &swarm, &new_member).await?;
+        let member = apply(&members_api, &new_member).await?;
+        if let Some((key, created)) = identity {
+            known_peer_ids.insert(member.name_any(), key.peer_id_string());
+            IdentityCreated::announce(created, &ctx, &member).await;
         }
+        members.push(member);
     }
     members.sort_by_key(|m| m.spec.ordinal);
     let bootstrap_peers = bootstrap_peers(&ctx, &swarm, &members, &known_peer_ids).await?;
@@ -114,43 +85,12 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
         apply_status(&swarm, &status, client).await?;
     }
 
-    if !created.is_empty() {
-        ctx.event(
-            &reference,
-            EventType::Normal,
-            "MembersCreated",
-            format!("created {}", created.join(", ")),
-        )
-        .await;
-    }
-    if !removed.is_empty() {
-        ctx.event(
-            &reference,
-            EventType::Normal,
-            "MembersRemoved",
-            format!("removed {}", removed.join(", ")),
-        )
-        .await;
-    }
-    if let Some(problem) = problem {
-        let previous = swarm.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == conditions::DEGRADED && c.status == "True")
-                .map(|c| c.reason.clone())
-        });
-        if previous.as_deref() != Some(problem.reason) {
-            ctx.event(
-                &reference,
-                EventType::Warning,
-                problem.reason,
-                problem.message,
-            )
+    let reference = swarm.object_ref(&());
+    for event in plan.events {
+        ctx.event(&reference, event.type_, event.reason, event.note)
             .await;
-        }
-        return Ok(Action::requeue(RECHECK_PROBLEM));
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(plan.requeue))
 }
 
 /// Every live member's bootstrap multiaddr, so the ConfigMap lists them all in one pass: the PeerId

@@ -7,7 +7,7 @@ use kube::runtime::events::EventType;
 
 use crate::api::{MemberPhase, SwarmMember, SwarmMemberStatus, conditions};
 use crate::build::FETCH_MODEL_CONTAINER;
-use crate::status::condition;
+use crate::status::{PlannedEvent, condition};
 
 /// Periodic re-check of a member even without changes.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -58,20 +58,12 @@ pub enum PodChange {
     Delete,
 }
 
-/// An Event to publish on the member.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MemberEvent {
-    pub type_: EventType,
-    pub reason: &'static str,
-    pub note: String,
-}
-
 /// The member controller's decisions for one pass: fetch, then this, then apply, then the status.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemberPlan {
     pub pod: PodChange,
     /// Published after the pod change, in order.
-    pub events: Vec<MemberEvent>,
+    pub events: Vec<PlannedEvent>,
     /// The status to write (all but the ledger controller's fields); `None` when a pod is created:
     /// its watch event brings the member back to show it, one write instead of two.
     pub status: Option<SwarmMemberStatus>,
@@ -94,11 +86,7 @@ pub fn member_status(member: &SwarmMember, seen: &MemberObservation, now: Timest
         status: None,
         requeue: RESYNC,
     };
-    let event = |type_, reason, note| MemberEvent {
-        type_,
-        reason,
-        note,
-    };
+    let event = PlannedEvent::new;
     let mut unschedulable = false;
     match seen.pod {
         PodSeen::Leaving { ours } => {

@@ -7,13 +7,32 @@ mod swarm;
 
 pub use ledger::{Registration, member_ledger_part, swarm_ledger_part};
 pub use member::{
-    MemberEvent, MemberObservation, MemberPlan, ModelDownload, PodChange, PodObservation, PodSeen,
-    Readiness, member_status, observe_pod,
+    MemberObservation, MemberPlan, ModelDownload, PodChange, PodObservation, PodSeen, Readiness,
+    member_status, observe_pod,
 };
-pub use swarm::{SpecProblem, swarm_status};
+pub use swarm::{SpecProblem, SwarmPlan, plan, swarm_status};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::events::EventType;
+
+/// An Event a plan publishes once it is applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedEvent {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl PlannedEvent {
+    pub fn new(type_: EventType, reason: &'static str, note: String) -> Self {
+        Self {
+            type_,
+            reason,
+            note,
+        }
+    }
+}
 
 /// A condition, keeping the previous transition time when its status did not change.
 pub fn condition(

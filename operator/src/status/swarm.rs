@@ -1,6 +1,10 @@
-use jiff::Timestamp;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-use super::{Readiness, condition};
+use jiff::Timestamp;
+use kube::runtime::events::EventType;
+
+use super::{PlannedEvent, Readiness, condition};
 use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmPhase, SwarmStatus, conditions, labels};
 
 /// Why a Swarm that passed admission cannot be realised.
@@ -8,6 +12,92 @@ use crate::api::{MemberPhase, Swarm, SwarmMember, SwarmPhase, SwarmStatus, condi
 pub struct SpecProblem {
     pub reason: &'static str,
     pub message: String,
+}
+
+/// Periodic re-check of a Swarm even without changes, e.g. for a model volume created after it.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a Swarm whose spec cannot be realised is looked at again.
+const RECHECK_PROBLEM: Duration = Duration::from_secs(30);
+
+/// What the Swarm controller does about the members it observed: fetch, then this, then apply
+/// (identities, members, Service, ConfigMap), then the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwarmPlan {
+    /// Members to delete, highest ordinals first: scale-down removes them in that order.
+    pub remove: Vec<String>,
+    /// Ordinals of the members to create, lowest first; none while a spec problem blocks them.
+    pub create: Vec<u32>,
+    /// Published once applied, in order.
+    pub events: Vec<PlannedEvent>,
+    pub requeue: Duration,
+}
+
+/// Plans the Swarm's members: those beyond `replicas` go (not those already going), missing
+/// ordinals below it come (a member deleted by hand too), unless `problem` blocks every member.
+pub fn plan(swarm: &Swarm, members: &[SwarmMember], problem: Option<&SpecProblem>) -> SwarmPlan {
+    let desired = swarm.desired_replicas();
+    let wanted = |m: &SwarmMember| u32::try_from(m.spec.ordinal).is_ok_and(|o| o < desired);
+    let mut surplus: Vec<&SwarmMember> = members
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none() && !wanted(m))
+        .collect();
+    surplus.sort_by_key(|m| std::cmp::Reverse(m.spec.ordinal));
+    let remove: Vec<String> = surplus
+        .iter()
+        .map(|m| m.metadata.name.clone().unwrap_or_default())
+        .collect();
+    let present: BTreeSet<u32> = members
+        .iter()
+        .filter_map(|m| u32::try_from(m.spec.ordinal).ok())
+        .collect();
+    let create: Vec<u32> = match problem {
+        Some(_) => Vec::new(),
+        None => (0..desired).filter(|o| !present.contains(o)).collect(),
+    };
+
+    let mut events = Vec::new();
+    if !create.is_empty() {
+        let names: Vec<String> = create.iter().map(|&o| swarm.member_name(o)).collect();
+        events.push(PlannedEvent::new(
+            EventType::Normal,
+            "MembersCreated",
+            format!("created {}", names.join(", ")),
+        ));
+    }
+    if !remove.is_empty() {
+        events.push(PlannedEvent::new(
+            EventType::Normal,
+            "MembersRemoved",
+            format!("removed {}", remove.join(", ")),
+        ));
+    }
+    let Some(problem) = problem else {
+        return SwarmPlan {
+            remove,
+            create,
+            events,
+            requeue: RESYNC,
+        };
+    };
+    // Once per problem: a Swarm already degraded for this reason has said so.
+    let said = swarm.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == conditions::DEGRADED && c.status == "True" && c.reason == problem.reason
+        })
+    });
+    if !said {
+        events.push(PlannedEvent::new(
+            EventType::Warning,
+            problem.reason,
+            problem.message.clone(),
+        ));
+    }
+    SwarmPlan {
+        remove,
+        create,
+        events,
+        requeue: RECHECK_PROBLEM,
+    }
 }
 
 /// The Swarm's status, computed only from the members that exist and what their status says; all
@@ -325,5 +415,66 @@ mod tests {
         let later = Timestamp::from_second(1_000).unwrap();
         let second = swarm_status(&swarm, &[], vec![], None, later);
         assert_eq!(first.conditions, second.conditions);
+    }
+
+    fn names(plan: &SwarmPlan) -> Vec<(&str, &str)> {
+        plan.events
+            .iter()
+            .map(|e| (e.reason, e.note.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_ordinals_and_scale_up_fills_the_gaps() {
+        let swarm = fixtures::swarm(2);
+        let mut leaving = fixtures::member(&swarm, 4);
+        leaving.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        let members = vec![
+            fixtures::member(&swarm, 0),
+            fixtures::member(&swarm, 3),
+            fixtures::member(&swarm, 2),
+            leaving,
+        ];
+        let plan = plan(&swarm, &members, None);
+        assert_eq!(
+            plan.remove,
+            ["demo-3", "demo-2"],
+            "highest first, not the leaving one"
+        );
+        assert_eq!(plan.create, [1], "the gap below replicas");
+        assert_eq!(
+            names(&plan),
+            [
+                ("MembersCreated", "created demo-1"),
+                ("MembersRemoved", "removed demo-3, demo-2")
+            ]
+        );
+        assert_eq!(plan.requeue, RESYNC);
+    }
+
+    #[test]
+    fn a_spec_problem_creates_no_member_and_is_said_once() {
+        let mut swarm = fixtures::swarm(2);
+        let problem = SpecProblem {
+            reason: "ModelSourceNotFound",
+            message: "research/models does not exist".into(),
+        };
+        let plan = plan(&swarm, &[], Some(&problem));
+        assert!(plan.create.is_empty());
+        assert_eq!(
+            names(&plan),
+            [("ModelSourceNotFound", "research/models does not exist")]
+        );
+        assert_eq!(plan.requeue, RECHECK_PROBLEM);
+
+        swarm.status = Some(swarm_status(
+            &swarm,
+            &[],
+            vec![],
+            Some(&problem),
+            Timestamp::UNIX_EPOCH,
+        ));
+        let again = super::plan(&swarm, &[], Some(&problem));
+        assert!(again.events.is_empty(), "already degraded for that reason");
     }
 }
