@@ -15,6 +15,8 @@ pub mod anvil;
 mod client;
 mod error;
 mod redact;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use alloy::primitives::{Address, B256, I256, TxHash};
 pub use alloy::rpc::types::TransactionReceipt;

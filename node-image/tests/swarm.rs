@@ -545,12 +545,11 @@ const DEV_KEYS: [&str; 4] = [
 
 #[test]
 fn members_record_rewards_and_winners_on_the_ledger() {
-    use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
+    use swarm_ledger::testing::{CHAIN_ID as ANVIL_CHAIN_ID, Chain};
     use swarm_ledger::{Address, LedgerClient, LedgerOptions, member_signer};
 
     let _lock = one_at_a_time();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools");
-    let anvil = Anvil::start(&anvil_binary(&script).unwrap(), &[]).unwrap();
+    let anvil = Chain::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let owner = MemberKey::from_hex(DEV_KEYS[0]).unwrap();
     let operator = runtime.block_on(async {

@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Shared with the reconcile scenarios; these need only part.
-#[path = "support/chain.rs"]
-mod chain;
 #[allow(dead_code)]
 mod support;
 
@@ -33,12 +31,12 @@ use swarm_operator::build::{PodSettings, build_member, build_member_pod};
 use swarm_operator::controller::{Context, ledger, member, swarm};
 use swarm_operator::ledger::deployment_salt;
 
-use chain::{CHAIN_ID, Chain, closed_port};
 use support::fixtures::{
     CONFIG_MAP, DEFAULT_IMAGE, KEY, MEMBERS, NS, PVC, SERVICE, SWARM, SWARM_STATUS, answer_status,
     condition, new_context, swarm_object,
 };
 use support::{ApiServer, Exchange, mock_client, run};
+use swarm_ledger::testing::{CHAIN_ID, Chain, closed_port};
 
 const OPERATOR_SECRET: &str = "/api/v1/namespaces/research/secrets/ledger-operator";
 const IDENTITY_SECRET: &str = "/api/v1/namespaces/research/secrets/demo-0-identity";

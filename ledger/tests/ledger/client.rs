@@ -8,8 +8,8 @@ use swarm_identity::MemberKey;
 use swarm_ledger::bindings::SwarmCoordinator;
 use swarm_ledger::{Address, I256, LedgerClient, LedgerOptions, Outcome, Problem, RetryPolicy};
 
-use crate::chain::{CHAIN_ID, Chain, address, closed_port, options, signer};
 use crate::contract::{join, receipt, rejection};
+use swarm_ledger::testing::{CHAIN_ID, Chain, address, closed_port, options, signer};
 
 fn sent(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Sent(_))

@@ -16,7 +16,7 @@ use swarm_ledger::{
     Submission, TransactionReceipt, deterministic_address,
 };
 
-use crate::chain::{CHAIN_ID, Chain, address, options, signer};
+use swarm_ledger::testing::{CHAIN_ID, Chain, address, options, signer};
 
 /// The contract's error from a call the client sent.
 pub fn rejection<T: Debug>(result: Result<T, LedgerError>) -> E {

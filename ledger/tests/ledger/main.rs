@@ -1,6 +1,5 @@
 //! The coordinator contract and its client against a real anvil chain.
 #![allow(clippy::unwrap_used)]
 
-mod chain;
 mod client;
 mod contract;

@@ -1,4 +1,6 @@
-//! A real local chain for the tests: anvil from scripts/install-ledger-tools, on 127.0.0.1.
+//! A real local chain for tests (feature `testing`): anvil from scripts/install-ledger-tools on
+//! 127.0.0.1, with the helpers the ledger's, the operator's and the node's tests share. Failures
+//! panic: a test that cannot start its chain cannot run.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -9,11 +11,12 @@ use alloy::primitives::U256;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use serde_json::json;
 use swarm_identity::MemberKey;
-use swarm_ledger::anvil::{Anvil, anvil_binary};
-use swarm_ledger::bindings::SwarmCoordinator::{self, SwarmCoordinatorInstance};
-use swarm_ledger::{Address, LedgerClient, LedgerOptions, RetryPolicy, member_signer};
 
-pub use swarm_ledger::anvil::ANVIL_CHAIN_ID as CHAIN_ID;
+use crate::anvil::{Anvil, anvil_binary};
+use crate::bindings::SwarmCoordinator::{self, SwarmCoordinatorInstance};
+use crate::{Address, LedgerClient, LedgerOptions, RetryPolicy, member_signer};
+
+pub use crate::anvil::ANVIL_CHAIN_ID as CHAIN_ID;
 
 /// One anvil process; killed when dropped.
 pub struct Chain {
@@ -31,9 +34,9 @@ impl Chain {
         let binary = anvil_binary(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-ledger-tools"),
         )
-        .unwrap();
+        .expect("anvil is installed by scripts/install-ledger-tools");
         Chain {
-            anvil: Anvil::start(&binary, args).unwrap(),
+            anvil: Anvil::start(&binary, args).expect("anvil starts"),
         }
     }
 
@@ -43,18 +46,18 @@ impl Chain {
 
     /// Stops anvil the way a node is stopped (SIGTERM, so `--state` is written) and waits.
     pub fn stop(&mut self) {
-        self.anvil.stop().unwrap();
+        self.anvil.stop().expect("anvil stops");
     }
 
     /// Starts anvil again on the same port with the same arguments.
     pub fn restart(&mut self) {
-        self.anvil.restart().unwrap();
+        self.anvil.restart().expect("anvil restarts");
     }
 
     /// A provider without a wallet, for test-only RPCs.
     pub fn provider(&self) -> DynProvider {
         ProviderBuilder::new()
-            .connect_http(self.url().parse().unwrap())
+            .connect_http(self.url().parse().expect("anvil's URL is a URL"))
             .erased()
     }
 
@@ -62,6 +65,21 @@ impl Chain {
     pub async fn fund(&self, account: Address) {
         let wei = U256::from(10).pow(U256::from(20));
         self.rpc("anvil_setBalance", json!([account, wei])).await;
+    }
+
+    pub async fn balance(&self, account: Address) -> U256 {
+        self.provider()
+            .get_balance(account)
+            .await
+            .expect("anvil answers eth_getBalance")
+    }
+
+    /// Transactions `account` has sent.
+    pub async fn nonce(&self, account: Address) -> u64 {
+        self.provider()
+            .get_transaction_count(account)
+            .await
+            .expect("anvil answers eth_getTransactionCount")
     }
 
     /// Turns mining each transaction as it arrives on or off.
@@ -95,7 +113,7 @@ impl Chain {
         let owner = self.funded_key().await;
         let contract = LedgerClient::deploy(&self.url(), CHAIN_ID, signer(&owner), options())
             .await
-            .unwrap();
+            .expect("the coordinator deploys");
         let client = self.client(&owner, contract).await;
         (owner, client)
     }
@@ -112,7 +130,7 @@ impl Chain {
     ) -> LedgerClient {
         LedgerClient::connect(&self.url(), CHAIN_ID, signer(key), contract, options)
             .await
-            .unwrap()
+            .expect("the client connects")
     }
 
     /// The contract bound to `key`'s account without the client's checks, for the rejections
@@ -124,18 +142,20 @@ impl Chain {
     ) -> SwarmCoordinatorInstance<DynProvider> {
         let provider = ProviderBuilder::new()
             .wallet(EthereumWallet::from(signer(key)))
-            .connect_http(self.url().parse().unwrap())
+            .connect_http(self.url().parse().expect("anvil's URL is a URL"))
             .erased();
         SwarmCoordinator::new(contract, provider)
     }
 }
 
-pub fn signer(key: &MemberKey) -> swarm_ledger::PrivateKeySigner {
-    member_signer(key).unwrap()
+pub fn signer(key: &MemberKey) -> crate::PrivateKeySigner {
+    member_signer(key).expect("a member key is a signing key")
 }
 
 pub fn address(key: &MemberKey) -> Address {
-    key.address().parse().unwrap()
+    key.address()
+        .parse()
+        .expect("a member key's address is an address")
 }
 
 /// Short timeouts and backoff, so failure paths finish in a second or two.
@@ -155,8 +175,7 @@ pub fn options() -> LedgerOptions {
 /// A port nothing listens on: bound once by the OS's choice, then released.
 pub fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|listener| listener.local_addr())
+        .expect("the OS offers a free port")
         .port()
 }
