@@ -567,11 +567,12 @@ fn check_task_mix(field: &str, tasks: &[TaskWeight]) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> NodeConfig {
+/// A complete configuration tests start from (feature `testing`): Swarm `default/demo`, one
+/// bootstrap peer, a model on a path in bf16, default training, 60-s rounds from 2026-11-25 for
+/// 100 rounds, checkpoints every 10 rounds, no ledger.
+#[cfg(any(test, feature = "testing"))]
+impl NodeConfig {
+    pub fn sample() -> NodeConfig {
         NodeConfig {
             version: CONFIG_VERSION,
             swarm: SwarmRef {
@@ -594,7 +595,7 @@ mod tests {
             },
             training: TrainingConfig::default(),
             rounds: RoundsConfig {
-                start_time: "2026-11-25T00:00:00Z".parse().unwrap(),
+                start_time: "2026-11-25T00:00:00Z".parse().expect("a time"),
                 duration_seconds: 60,
                 max_rounds: Some(100),
             },
@@ -605,10 +606,15 @@ mod tests {
             ledger: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn round_trips_through_yaml() {
-        let config = sample();
+        let config = NodeConfig::sample();
         let text = config.to_yaml().unwrap();
         assert_eq!(NodeConfig::from_yaml(&text, "test").unwrap(), config);
     }
@@ -623,7 +629,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_version() {
-        let mut config = sample();
+        let mut config = NodeConfig::sample();
         config.version = 2;
         let text = config.to_yaml().unwrap();
         let err = NodeConfig::from_yaml(&text, "node.yaml").unwrap_err();
@@ -635,14 +641,14 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields() {
-        let text = sample().to_yaml().unwrap() + "surprise: 1\n";
+        let text = NodeConfig::sample().to_yaml().unwrap() + "surprise: 1\n";
         let err = NodeConfig::from_yaml(&text, "node.yaml").unwrap_err();
         assert!(err.to_string().contains("surprise"), "{err}");
     }
 
     #[test]
     fn rejects_a_group_of_one() {
-        let mut config = sample();
+        let mut config = NodeConfig::sample();
         config.training.completions_per_question = 1;
         let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
         assert!(err.to_string().contains("completionsPerQuestion"), "{err}");
@@ -650,7 +656,7 @@ mod tests {
 
     #[test]
     fn rejects_no_rollouts_at_all() {
-        let mut config = sample();
+        let mut config = NodeConfig::sample();
         config.training.local_rollouts = 0;
         config.training.external_rollouts = 0;
         let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
@@ -659,7 +665,7 @@ mod tests {
 
     #[test]
     fn rejects_clip_outside_unit_interval() {
-        let mut config = sample();
+        let mut config = NodeConfig::sample();
         config.training.clip_epsilon_high = 1.0;
         let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
         assert!(err.to_string().contains("clipEpsilonHigh"), "{err}");
@@ -687,7 +693,7 @@ mod tests {
                 TaskFamily::FractionSimplification
             ]
         );
-        let mut config = sample();
+        let mut config = NodeConfig::sample();
         config.training = training.clone();
         config.training.tasks = vec![TaskWeight {
             family: TaskFamily::BaseConversion,
@@ -707,7 +713,7 @@ mod tests {
             serde_yaml_ng::from_str("sharing: {policy: importance}").unwrap();
         assert_eq!(training.sharing.policy, SharingPolicy::Importance);
         assert_eq!(training.sharing.importance_cap, 2.0);
-        let mut config = sample();
+        let mut config = NodeConfig::sample();
         config.training.sharing.shaping_gamma = 0.0;
         let err = NodeConfig::from_yaml(&config.to_yaml().unwrap(), "node.yaml").unwrap_err();
         assert!(err.to_string().contains("shapingGamma"), "{err}");

@@ -8,8 +8,7 @@ use std::process::{Command, Output};
 
 use swarm_identity::PRIVATE_KEY_FILE;
 use swarm_node_config::{
-    CONFIG_VERSION, Dtype, ModelConfig, NodeConfig, P2pConfig, RoundsConfig, SwarmRef,
-    TrainingConfig,
+    Dtype, ModelConfig, NodeConfig, P2pConfig, RoundsConfig, SwarmRef, TrainingConfig,
 };
 
 /// A vector from swarm-identity's tests (computed by identity/tests/vectors.py).
@@ -75,21 +74,20 @@ impl Mounts {
     }
 }
 
+/// The sample with two bootstrap peers of a real PeerId, a hub model in f16 and an I/J of 3/5.
 fn sample_config() -> NodeConfig {
+    let sample = NodeConfig::sample();
     NodeConfig {
-        version: CONFIG_VERSION,
         swarm: SwarmRef {
-            name: "demo".into(),
             namespace: "research".into(),
-            uid: "0b9c6a8e-1111-2222-3333-444455556666".into(),
+            ..sample.swarm
         },
         p2p: P2pConfig {
-            port: 4001,
             bootstrap_peers: vec![
                 format!("/dns4/demo-0.demo-peers.research.svc/tcp/4001/p2p/{PEER_ID}"),
                 format!("/dns4/demo-1.demo-peers.research.svc/tcp/4001/p2p/{PEER_ID}"),
             ],
-            external_peers: vec![],
+            ..sample.p2p
         },
         model: ModelConfig {
             path: None,
@@ -104,12 +102,11 @@ fn sample_config() -> NodeConfig {
             ..TrainingConfig::default()
         },
         rounds: RoundsConfig {
-            start_time: "2026-11-25T00:00:00Z".parse().unwrap(),
-            duration_seconds: 60,
             max_rounds: None,
+            ..sample.rounds
         },
         checkpoints: None,
-        ledger: None,
+        ..sample
     }
 }
 
