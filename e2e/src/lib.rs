@@ -11,7 +11,6 @@ pub use fixture::{Fixture, SETTLE};
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -365,11 +364,9 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// The local swarm's free loopback port, as a test's.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    swarm_node::local::free_port().expect("a free loopback port")
 }
 
 /// The response to a GET of `path` at `addr` (`host:port`), status line first; `None` unless it
