@@ -255,6 +255,8 @@ async fn join(
         {
             Ok((funding, registration)) => Registration::Done {
                 contract: state.contract,
+                account: key.address(),
+                peer_id: key.peer_id_string(),
                 funding,
                 registration,
             },

@@ -66,9 +66,12 @@ pub fn swarm_ledger_part(
 pub enum Registration {
     /// Its status shows it registered on the Swarm's contract: the chain was not asked.
     AsShown,
-    /// The chain binds its account to its PeerId now, with the transactions this pass sent.
+    /// The chain binds its account to its PeerId now (both from its identity Secret, which the
+    /// status may not show yet), with the transactions this pass sent.
     Done {
         contract: Address,
+        account: String,
+        peer_id: String,
         funding: Option<String>,
         registration: Option<String>,
     },
@@ -86,8 +89,10 @@ pub fn member_ledger_part(
 ) -> MemberLedgerPart {
     let status = member.status.clone().unwrap_or_default();
     let mut part = status.ledger_part();
-    let account = status.address.as_deref().unwrap_or_default();
-    if let Some(record) = account
+    if let Some(record) = status
+        .address
+        .as_deref()
+        .unwrap_or_default()
         .parse::<Address>()
         .ok()
         .and_then(|a| rewards.get(&a))
@@ -100,6 +105,8 @@ pub fn member_ledger_part(
         Registration::AsShown => return part,
         Registration::Done {
             contract,
+            account,
+            peer_id,
             funding,
             registration,
         } => {
@@ -109,7 +116,6 @@ pub fn member_ledger_part(
                 funding.clone(),
                 registration.clone(),
             ));
-            let peer_id = status.peer_id.as_deref().unwrap_or_default();
             let contract = contract.to_checksum(None);
             let message = match registration {
                 Some(tx) => format!(
@@ -215,6 +221,8 @@ mod tests {
         let member = member_with_account();
         let done = Registration::Done {
             contract: CONTRACT.parse().unwrap(),
+            account: ACCOUNT.into(),
+            peer_id: "12D3KooWExample".into(),
             funding: Some("0xf0".into()),
             registration: Some("0xab".into()),
         };
