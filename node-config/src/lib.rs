@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+pub mod download;
 pub mod limits;
 
 use serde::{Deserialize, Serialize};

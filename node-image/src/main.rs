@@ -40,8 +40,9 @@ enum Command {
     /// each with several seeds, compared by cumulative reward and a held-out evaluation.
     Experiment(ExperimentArgs),
     /// Downloads a model from the Hugging Face Hub into the Hub's cache (resuming a broken
-    /// download), so a member that names it in its config starts without the network; prints the
-    /// commit the revision resolved to.
+    /// download), so a member that names it in its config starts without the network; prints a
+    /// progress line for every tenth of each file (`downloading <bytes>/<total> <file>`, which the
+    /// operator shows in the member's status) and at the end the commit the revision resolved to.
     FetchModel(FetchModelArgs),
 }
 
@@ -67,7 +68,8 @@ fn fetch_model(args: FetchModelArgs) -> ExitCode {
         id: args.id,
         revision: args.revision,
     };
-    let (message, code) = match member::fetch_hub_model(&model) {
+    // The progress lines go to the container's log, where the operator reads the last one.
+    let (message, code) = match member::fetch_hub_model(&model, &|line| println!("{line}")) {
         Ok(fetched) => {
             println!("{} {}", fetched.commit, fetched.dir.display());
             (format!("commit {}", fetched.commit), ExitCode::SUCCESS)
@@ -188,7 +190,8 @@ impl SwarmArgs {
                     id: id.clone(),
                     revision: self.model_revision.clone(),
                 };
-                let fetched = member::fetch_hub_model(&model).map_err(|e| e.to_string())?;
+                let fetched = member::fetch_hub_model(&model, &member::log_download)
+                    .map_err(|e| e.to_string())?;
                 println!("model {id} at commit {}", fetched.commit);
                 Ok(Some(fetched.dir))
             }

@@ -458,6 +458,87 @@ async fn running_member_settles_and_then_writes_nothing() {
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
 }
 
+/// While the pod's model download runs, its progress is read from the last lines of the
+/// `fetch-model` container's log into the member's message, and read again 10 s later; a log
+/// that cannot be read only leaves the percentage out.
+#[tokio::test]
+async fn a_running_model_download_shows_its_percentage() {
+    let swarm = swarm_object(1);
+    let key = MemberKey::from_hex(KEY).unwrap();
+    let member = member_object(&swarm, 0, None);
+    let mut pod = serde_json::to_value(build_member_pod(
+        &swarm,
+        &member,
+        &PodSettings {
+            default_image: DEFAULT_IMAGE.into(),
+        },
+    ))
+    .unwrap();
+    pod["spec"]["nodeName"] = json!("gpu-3");
+    pod["status"] = json!({
+        "phase": "Pending",
+        "initContainerStatuses": [{
+            "name": "fetch-model", "image": DEFAULT_IMAGE, "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"running": {"startedAt": "2026-12-07T07:00:00Z"}},
+        }],
+    });
+    let pod = stored(pod);
+    let log = "2026-12-07T07:00:00Z INFO downloading the model\n\
+               downloading 10/100 config.json\n\
+               downloading 125829120/283115520 model.safetensors\n";
+    for readable in [true, false] {
+        let (client, server) = mock_client();
+        let ctx = context(client);
+        let (swarm_answer, member_expected, secret, pod) = (
+            swarm.clone(),
+            member.clone(),
+            identity_secret("demo-0", &key),
+            pod.clone(),
+        );
+        let action = run(
+            server,
+            |mut server| async move {
+                server.get(SWARM).await.ok_with(&swarm_answer);
+                server
+                    .get(&format!("{SECRETS}/demo-0-identity"))
+                    .await
+                    .ok_with(&secret);
+                server.get(&format!("{PODS}/demo-0")).await.ok(&pod);
+                let read = server.get(&format!("{PODS}/demo-0/log")).await;
+                assert_eq!(read.query("container"), Some("fetch-model"));
+                assert_eq!(read.query("tailLines"), Some("20"));
+                if readable {
+                    read.ok_text(log);
+                } else {
+                    read.failure(
+                        http::StatusCode::BAD_GATEWAY,
+                        "InternalError",
+                        "the kubelet cannot be reached",
+                    );
+                }
+                let status = expect_member_status(&mut server, &member_expected).await;
+                assert_eq!(status["phase"], "Starting");
+                let message = status["message"].as_str().unwrap();
+                if readable {
+                    assert_eq!(
+                        message,
+                        "downloading the model: model.safetensors 44 % (120.0 of 270.0 MiB)"
+                    );
+                } else {
+                    assert!(
+                        message.contains("kubectl logs demo-0 -c fetch-model"),
+                        "{message}"
+                    );
+                }
+                server
+            },
+            member::reconcile(ctx.clone(), member.clone()),
+        )
+        .await;
+        assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
+    }
+}
+
 #[tokio::test]
 async fn pod_from_an_older_template_is_replaced() {
     let swarm = swarm_object(1);

@@ -20,6 +20,7 @@ use libp2p::multiaddr::Protocol;
 use swarm_hub::{DownloadProgress, Fetched, HubError, HubModel, HubOptions};
 use swarm_model::ModelError;
 use swarm_node_config::P2pConfig;
+use swarm_node_config::download::DownloadLine;
 use swarm_p2p::{Network, NetworkConfig, NetworkError};
 use swarm_rl::{CheckpointError, GrpoError, RoundError};
 use swarm_tasks::TaskError;
@@ -133,7 +134,7 @@ pub fn run(
                 id: id.clone(),
                 revision: config.model.revision.clone(),
             };
-            let fetched = fetch_hub_model(&model)?;
+            let fetched = fetch_hub_model(&model, &log_download)?;
             tracing::info!(model = %id, commit = %fetched.commit, "hub model ready");
             fetched.dir
         }
@@ -283,24 +284,38 @@ fn bootstrap_addrs(p2p: &P2pConfig) -> Vec<Multiaddr> {
 }
 
 /// A hub model from the Hub's cache (`HF_HOME`), downloading what is missing first (from
-/// `HF_ENDPOINT`, with `HF_TOKEN`); progress goes to the log every tenth of a file.
-pub fn fetch_hub_model(model: &HubModel) -> Result<Fetched, HubError> {
+/// `HF_ENDPOINT`, with `HF_TOKEN`); `report` hears of every tenth of each file.
+pub fn fetch_hub_model(
+    model: &HubModel,
+    report: &dyn Fn(&DownloadLine),
+) -> Result<Fetched, HubError> {
     let cache_dir = swarm_hub::default_cache_dir();
     if let Some(fetched) = swarm_hub::cached(model, &cache_dir) {
         return Ok(fetched);
     }
     let options = HubOptions::from_env(cache_dir);
     tracing::info!(model = %model.id, revision = model.revision(), endpoint = %options.endpoint, "downloading the model");
-    let logged_tenths = Mutex::new(BTreeMap::<String, u64>::new());
-    let report = |progress: DownloadProgress| {
+    let reported_tenths = Mutex::new(BTreeMap::<String, u64>::new());
+    let progress = |progress: DownloadProgress| {
         let tenths = (progress.bytes * 10)
             .checked_div(progress.total)
             .unwrap_or(10);
-        let mut logged = logged_tenths.lock().unwrap_or_else(PoisonError::into_inner);
-        if logged.get(&progress.file) != Some(&tenths) {
-            logged.insert(progress.file.clone(), tenths);
-            tracing::info!(file = %progress.file, bytes = progress.bytes, total = progress.total, "downloading");
+        let mut reported = reported_tenths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if reported.get(&progress.file) != Some(&tenths) {
+            reported.insert(progress.file.clone(), tenths);
+            report(&DownloadLine {
+                file: progress.file,
+                bytes: progress.bytes,
+                total: progress.total,
+            });
         }
     };
-    swarm_hub::fetch(model, &options, &report)
+    swarm_hub::fetch(model, &options, &progress)
+}
+
+/// Logs a download's progress: how a member or a local swarm that fetches its own model shows it.
+pub fn log_download(line: &DownloadLine) {
+    tracing::info!(file = %line.file, bytes = line.bytes, total = line.total, "downloading");
 }

@@ -6,21 +6,28 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, LogParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
-use tracing::info;
+use swarm_node_config::download::DownloadLine;
+use tracing::{debug, info};
 
 use super::identity::read_identity;
 use super::{Context, apply, apply_status, delete, remove_finalizer};
 use crate::api::{MemberPhase, SwarmMember, SwarmMemberStatus};
-use crate::build::{TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_member_pod};
+use crate::build::{
+    FETCH_MODEL_CONTAINER, TEMPLATE_HASH_ANNOTATION, build_checkpoint_pvc, build_member_pod,
+};
 use crate::error::{Error, Result};
 use crate::ledger::MEMBER_FINALIZER;
-use crate::status::{MemberObservation, PodChange, PodSeen, member_status};
+use crate::status::{MemberObservation, PodChange, PodSeen, downloading, member_status};
 
 /// How soon to look again while the member waits for its identity Secret.
 const WAIT_FOR_IDENTITY: Duration = Duration::from_secs(5);
+/// The tail of the download's log read for its last progress line: the container prints one per
+/// tenth of each file, so the last few lines hold one.
+const DOWNLOAD_LOG_LINES: i64 = 20;
+const DOWNLOAD_LOG_BYTES: i64 = 16 * 1024;
 
 pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action> {
     let namespace = member
@@ -93,6 +100,12 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let desired_pod = build_member_pod(&swarm, &member, &ctx.pod_settings);
     let pod = ctx.pod(&namespace, &name).await?;
+    let download = match &pod {
+        Some(pod) if owned_by(pod, &member) && downloading(pod) => {
+            download_progress(&pods, &name).await
+        }
+        _ => None,
+    };
     let seen = MemberObservation {
         peer_id: key.peer_id_string(),
         address: key.address(),
@@ -107,6 +120,7 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
                 current: template_hash(pod) == template_hash(&desired_pod),
             },
         },
+        download,
     };
     let plan = member_status(&member, &seen, Timestamp::now());
     match plan.pod {
@@ -125,6 +139,24 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         write_status(&ctx, &member, status).await?;
     }
     Ok(Action::requeue(plan.requeue))
+}
+
+/// The last progress line in the log of the pod's running model download. A log that cannot be read
+/// (the kubelet unreachable, the container just restarted) only means no progress to show.
+async fn download_progress(pods: &Api<Pod>, name: &str) -> Option<DownloadLine> {
+    let params = LogParams {
+        container: Some(FETCH_MODEL_CONTAINER.into()),
+        tail_lines: Some(DOWNLOAD_LOG_LINES),
+        limit_bytes: Some(DOWNLOAD_LOG_BYTES),
+        ..LogParams::default()
+    };
+    match pods.logs(name, &params).await {
+        Ok(log) => DownloadLine::last_in(&log),
+        Err(error) => {
+            debug!(pod = name, %error, "cannot read the model download's log");
+            None
+        }
+    }
 }
 
 /// Writes the member controller's part of `status` unless the member shows it already; the ledger

@@ -5,6 +5,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 
+use swarm_node_config::download::DownloadLine;
+
 use crate::api::{MemberPhase, SwarmMember, SwarmMemberStatus, conditions};
 use crate::build::FETCH_MODEL_CONTAINER;
 use crate::status::{PlannedEvent, condition};
@@ -13,6 +15,9 @@ use crate::status::{PlannedEvent, condition};
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon to look again while a pod is terminating or a previous incarnation is being collected.
 const WAIT_FOR_REMOVAL: Duration = Duration::from_secs(5);
+/// How often a model download's progress is read while it runs: one log read per downloading
+/// member per interval.
+const DOWNLOAD_POLL: Duration = Duration::from_secs(10);
 
 /// Delay before replacing a pod after `streak` consecutive failures: 10 s doubling to 5 min.
 pub fn replacement_backoff(streak: i32) -> Duration {
@@ -31,6 +36,8 @@ pub struct MemberObservation<'a> {
     /// The ledger account of the same key.
     pub address: String,
     pub pod: PodSeen<'a>,
+    /// The last progress line of the pod's model download, read while it runs.
+    pub download: Option<DownloadLine>,
 }
 
 /// The pod by the member's name, as observed.
@@ -106,6 +113,14 @@ pub fn member_status(member: &SwarmMember, seen: &MemberObservation, now: Timest
             let observed = show(&mut status, &observe_pod(Some(pod)));
             unschedulable = observed.unschedulable;
             status.pod = Some(name.clone());
+            if observed.model == Some(ModelDownload::Running) {
+                if let Some(line) = &seen.download
+                    && observed.phase == MemberPhase::Starting
+                {
+                    status.message = Some(format!("downloading the model: {}", line.describe()));
+                }
+                plan.requeue = DOWNLOAD_POLL;
+            }
             match &observed.model {
                 Some(ModelDownload::Done { commit })
                     if prior.model_commit.as_ref() != Some(commit) =>
@@ -329,6 +344,16 @@ pub enum ModelDownload {
     Failed {
         reason: String,
     },
+}
+
+/// Whether the pod's model download runs now, so that its progress is worth reading.
+pub fn downloading(pod: &Pod) -> bool {
+    observe_download(
+        pod.status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_deref())
+            .unwrap_or_default(),
+    ) == Some(ModelDownload::Running)
 }
 
 /// What the `fetch-model` init container's state says.
@@ -798,6 +823,7 @@ mod tests {
             peer_id: "12D3KooWExample".into(),
             address: "0x2c7536e3605d9c16a7a3d7b1898e529396a65c23".into(),
             pod,
+            download: None,
         }
     }
 
@@ -925,5 +951,49 @@ mod tests {
         );
         assert_eq!(status.pod, None);
         assert_eq!(plan.requeue, WAIT_FOR_REMOVAL);
+    }
+
+    #[test]
+    fn a_running_download_shows_its_progress_and_is_read_again_soon() {
+        let running = ContainerState {
+            running: Some(Default::default()),
+            ..Default::default()
+        };
+        let pod = fetch_model(pod(Some("gpu-0"), "Pending", &[]), running, None);
+        assert!(downloading(&pod));
+        let mut observation = seen(PodSeen::Present {
+            pod: &pod,
+            current: true,
+        });
+        observation.download = Some(DownloadLine {
+            file: "model.safetensors".into(),
+            bytes: 125_829_120,
+            total: 283_115_520,
+        });
+        let plan = member_status(&member_with(None), &observation, Timestamp::UNIX_EPOCH);
+        let status = plan.status.unwrap();
+        assert_eq!(
+            status.message.as_deref(),
+            Some("downloading the model: model.safetensors 44 % (120.0 of 270.0 MiB)")
+        );
+        assert_eq!(status.conditions[0].reason, "NodeStarting");
+        assert_eq!(plan.requeue, DOWNLOAD_POLL);
+
+        // No line read (yet, or the log cannot be read): the message says where the log is.
+        observation.download = None;
+        let plan = member_status(&member_with(None), &observation, Timestamp::UNIX_EPOCH);
+        let message = plan.status.unwrap().message.unwrap();
+        assert!(
+            message.contains("kubectl logs demo-0 -c fetch-model"),
+            "{message}"
+        );
+        assert_eq!(plan.requeue, DOWNLOAD_POLL);
+
+        let ready = pod_ready();
+        assert!(!downloading(&ready));
+    }
+
+    fn pod_ready() -> Pod {
+        pod(Some("gpu-0"), "Running", &[("Ready", "True", None, None)])
     }
 }

@@ -8,7 +8,7 @@ mod swarm;
 pub use ledger::{Registration, member_ledger_part, swarm_ledger_part};
 pub use member::{
     MemberObservation, MemberPlan, ModelDownload, PodChange, PodObservation, PodSeen, Readiness,
-    member_status, observe_pod,
+    downloading, member_status, observe_pod,
 };
 pub use swarm::{SpecProblem, SwarmPlan, plan, swarm_status};
 

@@ -228,6 +228,16 @@ impl Exchange {
         self.send.send_response(response);
     }
 
+    /// 200 with this plain text, as a container's log comes.
+    pub fn ok_text(self, text: &str) {
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(text.as_bytes().to_vec()))
+            .unwrap();
+        self.send.send_response(response);
+    }
+
     /// 200 with this object.
     pub fn ok(self, body: &Value) {
         self.respond(StatusCode::OK, body);
