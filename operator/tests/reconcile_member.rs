@@ -17,6 +17,7 @@ use serde_json::json;
 use swarm_identity::MemberKey;
 use swarm_operator::api::{MemberPhase, SwarmMemberStatus};
 use swarm_operator::build::{PodSettings, build_member_pod};
+use swarm_operator::controller::cache::Caches;
 use swarm_operator::controller::member;
 
 use support::fixtures::*;
@@ -26,6 +27,8 @@ use support::{Captured, mock_client, run, stored};
 async fn first_member_reconcile_reads_its_identity_then_creates_claim_pod_and_status() {
     let created_pod = Captured::default();
     let keep = created_pod.clone();
+    let applied_claim = Captured::default();
+    let keep_claim = applied_claim.clone();
     let mut swarm = swarm_object(1);
     swarm.spec.member.resources.gpus = Some(1);
     swarm.spec.checkpoints =
@@ -56,6 +59,7 @@ async fn first_member_reconcile_reads_its_identity_then_creates_claim_pod_and_st
                 "20Gi"
             );
             assert_eq!(claim.body["spec"]["storageClassName"], "fast");
+            keep_claim.set(stored(claim.body.clone()));
             claim.applied();
 
             server.get(&format!("{PODS}/demo-0")).await.not_found();
@@ -118,6 +122,34 @@ async fn first_member_reconcile_reads_its_identity_then_creates_claim_pod_and_st
             assert_eq!(status["restarts"], 0);
             assert_eq!(status["observedGeneration"], 1);
             assert_eq!(condition(&status, "Ready").0, "False");
+            server
+        },
+        member::reconcile(ctx.clone(), member.clone()),
+    )
+    .await;
+    assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(300)));
+
+    // 3. With the watch caches holding the claim as applied, the claim is not applied again:
+    //    the status is the only request.
+    let (client, server) = mock_client();
+    let ctx = context(client);
+    ctx.use_caches(Caches {
+        claims: listed(vec![serde_json::from_value(applied_claim.get()).unwrap()]),
+        ..caches(
+            vec![swarm.clone()],
+            vec![member.clone()],
+            vec![serde_json::from_value(created_pod.get()).unwrap()],
+            vec![identity_secret(
+                "demo-0",
+                &MemberKey::from_hex(KEY).unwrap(),
+            )],
+        )
+    });
+    let member_expected = member.clone();
+    let action = run(
+        server,
+        |mut server| async move {
+            expect_member_status(&mut server, &member_expected).await;
             server
         },
         member::reconcile(ctx.clone(), member),

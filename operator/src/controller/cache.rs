@@ -1,7 +1,8 @@
 //! What the controllers' watches already hold, read instead of asking the API server again.
 //!
 //! Each store is filled by a watch the controllers run anyway (the Swarms, their members, the
-//! members' pods, the identity Secrets, the Services and ConfigMaps). Until a store has listed
+//! members' pods, the identity Secrets, the Services and ConfigMaps), and one that only fills its
+//! store (the members' checkpoint claims, which trigger nothing). Until a store has listed
 //! once, reads go to the API server, so a reconcile that runs early never mistakes an unfilled
 //! store for a missing object. A store may lag a write by one watch event; every decision taken on
 //! a stale object is revisited by that event (applies are idempotent, a create that loses a race
@@ -12,7 +13,7 @@
 use std::fmt::Debug;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -33,6 +34,8 @@ pub struct Caches {
     pub secrets: Store<Secret>,
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
+    /// The members' checkpoint claims.
+    pub claims: Store<PersistentVolumeClaim>,
 }
 
 /// Whether `store` has listed once: only then does a missing object mean one that does not exist.
@@ -130,6 +133,12 @@ impl Context {
     pub async fn apply_service(&self, service: &Service) -> Result<()> {
         let cached = self.caches.get().map(|c| &c.services);
         apply_if_changed(self, cached, service).await
+    }
+
+    /// Applies a member's checkpoint claim unless the cache shows it as desired already.
+    pub async fn apply_checkpoint_claim(&self, claim: &PersistentVolumeClaim) -> Result<()> {
+        let cached = self.caches.get().map(|c| &c.claims);
+        apply_if_changed(self, cached, claim).await
     }
 
     /// Applies the ConfigMap unless the cache shows it as desired already.

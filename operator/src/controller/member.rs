@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, LogParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
@@ -90,11 +90,8 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
         Err(error) => return Err(error),
     };
     if let Some(checkpoints) = &swarm.spec.checkpoints {
-        apply(
-            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace),
-            &build_checkpoint_pvc(&swarm, &member, checkpoints),
-        )
-        .await?;
+        ctx.apply_checkpoint_claim(&build_checkpoint_pvc(&swarm, &member, checkpoints))
+            .await?;
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);

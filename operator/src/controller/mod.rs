@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -436,7 +438,10 @@ pub async fn run(
     let (services, service_events) = cached_watch(scoped.of::<Service>(), managed.clone());
     let (config_maps, config_map_events) = cached_watch(scoped.of::<ConfigMap>(), managed.clone());
     let (pods, pod_events) = cached_watch(scoped.of::<Pod>(), managed.clone());
-    let (secrets, secret_events) = cached_watch(scoped.of::<Secret>(), managed);
+    let (secrets, secret_events) = cached_watch(scoped.of::<Secret>(), managed.clone());
+    // Only a store: a claim's change needs no reconcile, but its watch must be driven.
+    let (claims, claim_events) = cached_watch(scoped.of::<PersistentVolumeClaim>(), managed);
+    let claim_store_filler = claim_events.for_each(|_| futures::future::ready(()));
     // The Swarm controller reads members from the same watch that triggers it: a trigger from
     // another watch could arrive before this store has the change, and the Swarm's status would
     // keep the old count until the next resync.
@@ -493,6 +498,7 @@ pub async fn run(
         secrets,
         services,
         config_maps,
+        claims,
     });
     let member_controller = members
         .owns_stream(pod_events)
@@ -556,7 +562,14 @@ pub async fn run(
             }
         });
 
-    futures::join!(swarm_controller, member_controller, ledger_controller);
+    // The claim watch ends with the others: it stops once they have.
+    futures::future::select(
+        Box::pin(async {
+            futures::join!(swarm_controller, member_controller, ledger_controller);
+        }),
+        Box::pin(claim_store_filler),
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -455,7 +455,7 @@ where
     writer.as_reader()
 }
 
-/// Watch caches holding exactly these objects, and no Service or ConfigMap.
+/// Watch caches holding exactly these objects, and no Service, ConfigMap or claim.
 pub fn caches(
     swarms: Vec<Swarm>,
     members: Vec<SwarmMember>,
@@ -479,5 +479,6 @@ pub fn caches(
         secrets: listed(secrets),
         services: listed(Vec::new()),
         config_maps: listed(Vec::new()),
+        claims: listed(Vec::new()),
     }
 }
