@@ -41,8 +41,8 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Downloads a model from the Hugging Face Hub into the Hub's cache (resuming a broken
     /// download), so a member that names it in its config starts without the network; prints a
-    /// progress line for every tenth of each file (`downloading <bytes>/<total> <file>`, which the
-    /// operator shows in the member's status) and at the end the commit the revision resolved to.
+    /// progress line to stderr for every tenth of each file (`downloading <bytes>/<total> <file>`,
+    /// which the operator shows in the member's status) and the commit the revision resolved to.
     FetchModel(FetchModelArgs),
 }
 
@@ -68,8 +68,9 @@ fn fetch_model(args: FetchModelArgs) -> ExitCode {
         id: args.id,
         revision: args.revision,
     };
-    // The progress lines go to the container's log, where the operator reads the last one.
-    let (message, code) = match member::fetch_hub_model(&model, &|line| println!("{line}")) {
+    // The progress lines go to stderr, the container's log as much as stdout is, where the operator
+    // reads the last one; stdout keeps the outcome alone.
+    let (message, code) = match member::fetch_hub_model(&model, &|line| eprintln!("{line}")) {
         Ok(fetched) => {
             println!("{} {}", fetched.commit, fetched.dir.display());
             (format!("commit {}", fetched.commit), ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use swarm_identity::PRIVATE_KEY_FILE;
+use swarm_node_config::download::DownloadLine;
 use swarm_node_config::{
     Dtype, ModelConfig, NodeConfig, P2pConfig, RoundsConfig, SwarmRef, TrainingConfig,
 };
@@ -271,9 +272,20 @@ fn fetch_model_fills_the_cache_and_names_the_commit() {
     };
     let output = fetch(&hub.endpoint);
     let stdout = text(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
     let (commit, dir) = stdout.trim().split_once(' ').unwrap();
     assert_eq!(commit, TAGGED_COMMIT);
+    // Its log shows the progress the operator reads back: each file done at the end.
+    let last = DownloadLine::last_in(&stderr).unwrap_or_else(|| panic!("no progress in {stderr}"));
+    assert_eq!(last.bytes, last.total, "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .filter_map(DownloadLine::parse)
+            .any(|line| line.file == "model.safetensors" && line.bytes == line.total),
+        "{stderr}"
+    );
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {
         assert!(
             Path::new(dir).join(file).is_file(),
