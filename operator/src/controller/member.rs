@@ -28,6 +28,7 @@ const WAIT_FOR_IDENTITY: Duration = Duration::from_secs(5);
 /// tenth of each file, so the last few lines hold one.
 const DOWNLOAD_LOG_LINES: i64 = 20;
 const DOWNLOAD_LOG_BYTES: i64 = 16 * 1024;
+const DOWNLOAD_LOG_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action> {
     let namespace = member
@@ -139,7 +140,8 @@ pub async fn reconcile(ctx: Arc<Context>, member: SwarmMember) -> Result<Action>
 }
 
 /// The last progress line in the log of the pod's running model download. A log that cannot be read
-/// (the kubelet unreachable, the container just restarted) only means no progress to show.
+/// in time (the API server proxies it from the kubelet, which may be unreachable) only means no
+/// progress to show: the reconcile never waits long for it.
 async fn download_progress(pods: &Api<Pod>, name: &str) -> Option<DownloadLine> {
     let params = LogParams {
         container: Some(FETCH_MODEL_CONTAINER.into()),
@@ -147,10 +149,14 @@ async fn download_progress(pods: &Api<Pod>, name: &str) -> Option<DownloadLine> 
         limit_bytes: Some(DOWNLOAD_LOG_BYTES),
         ..LogParams::default()
     };
-    match pods.logs(name, &params).await {
-        Ok(log) => DownloadLine::last_in(&log),
-        Err(error) => {
+    match tokio::time::timeout(DOWNLOAD_LOG_TIMEOUT, pods.logs(name, &params)).await {
+        Ok(Ok(log)) => DownloadLine::last_in(&log),
+        Ok(Err(error)) => {
             debug!(pod = name, %error, "cannot read the model download's log");
+            None
+        }
+        Err(_) => {
+            debug!(pod = name, "the model download's log took too long to read");
             None
         }
     }
