@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use serde_json::json;
 use swarm_identity::MemberKey;
-use swarm_operator::api::{MemberPhase, SwarmMemberStatus};
+use swarm_operator::api::{MemberPhase, Swarm, SwarmMember, SwarmMemberStatus};
 use swarm_operator::build::{PodSettings, build_member_pod};
 use swarm_operator::controller::cache::Caches;
 use swarm_operator::controller::member;
@@ -413,23 +413,35 @@ async fn own_pod_deleted_by_hand_counts_as_a_restart_once_gone() {
     assert_eq!(action.unwrap(), Action::requeue(Duration::from_secs(10)));
 }
 
-#[tokio::test]
-async fn running_member_settles_and_then_writes_nothing() {
-    let swarm = swarm_object(1);
-    let key = MemberKey::from_hex(KEY).unwrap();
-    let member = member_object(&swarm, 0, None);
-    let mut running = serde_json::to_value(build_member_pod(
-        &swarm,
-        &member,
+/// The member's pod from the current template, on node `gpu-3`, with this status, as stored.
+fn current_pod(
+    swarm: &Swarm,
+    member: &SwarmMember,
+    status: serde_json::Value,
+) -> serde_json::Value {
+    let mut pod = serde_json::to_value(build_member_pod(
+        swarm,
+        member,
         &PodSettings {
             default_image: DEFAULT_IMAGE.into(),
         },
     ))
     .unwrap();
-    running["spec"]["nodeName"] = json!("gpu-3");
-    running["status"] =
-        json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
-    let running = stored(running);
+    pod["spec"]["nodeName"] = json!("gpu-3");
+    pod["status"] = status;
+    stored(pod)
+}
+
+#[tokio::test]
+async fn running_member_settles_and_then_writes_nothing() {
+    let swarm = swarm_object(1);
+    let key = MemberKey::from_hex(KEY).unwrap();
+    let member = member_object(&swarm, 0, None);
+    let running = current_pod(
+        &swarm,
+        &member,
+        json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+    );
 
     let (client, server) = mock_client();
     let ctx = context(client);
@@ -498,23 +510,17 @@ async fn a_running_model_download_shows_its_percentage() {
     let swarm = swarm_object(1);
     let key = MemberKey::from_hex(KEY).unwrap();
     let member = member_object(&swarm, 0, None);
-    let mut pod = serde_json::to_value(build_member_pod(
+    let pod = current_pod(
         &swarm,
         &member,
-        &PodSettings {
-            default_image: DEFAULT_IMAGE.into(),
-        },
-    ))
-    .unwrap();
-    pod["spec"]["nodeName"] = json!("gpu-3");
-    pod["status"] = json!({
-        "phase": "Pending",
-        "initContainerStatuses": [{
-            "name": "fetch-model", "image": DEFAULT_IMAGE, "imageID": "", "ready": false,
-            "restartCount": 0, "state": {"running": {"startedAt": "2026-12-07T07:00:00Z"}},
-        }],
-    });
-    let pod = stored(pod);
+        json!({
+            "phase": "Pending",
+            "initContainerStatuses": [{
+                "name": "fetch-model", "image": DEFAULT_IMAGE, "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"running": {"startedAt": "2026-12-07T07:00:00Z"}},
+            }],
+        }),
+    );
     let log = "2026-12-07T07:00:00Z INFO downloading the model\n\
                downloading 10/100 config.json\n\
                downloading 125829120/283115520 model.safetensors\n";
