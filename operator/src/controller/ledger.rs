@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -22,8 +23,8 @@ use super::{Context, add_finalizer, apply_status_as, remove_finalizer};
 use crate::api::{LEDGER_FIELD_MANAGER, Swarm, SwarmMember, conditions};
 use crate::error::{Error, Result};
 use crate::ledger::{
-    LedgerProblem, LedgerState, MEMBER_FINALIZER, Removal, member_funding, registered_on, removal,
-    retry_delay, until_next_round,
+    LedgerProblem, LedgerState, MEMBER_FINALIZER, Removal, ledger_target, member_funding,
+    registered_on, removal, retry_delay, until_next_round,
 };
 use crate::status::{Registration, member_ledger_part, swarm_ledger_part};
 
@@ -109,7 +110,9 @@ pub async fn reconcile(ctx: Arc<Context>, swarm: Swarm) -> Result<Action> {
             };
             registrations += 1;
             if let Registration::Failed(problem) = &registration {
-                requeue = requeue.min(retry_delay(failing_since(member, problem), now));
+                let shown = member.status.as_ref().map(|s| s.conditions.as_slice());
+                let since = failing_since(shown, conditions::REGISTERED, problem);
+                requeue = requeue.min(retry_delay(since, now));
             }
             registration
         } else {
@@ -131,12 +134,7 @@ async fn report_outage(
     now: Timestamp,
 ) -> Result<Action> {
     show_swarm(ctx, swarm, Err(&problem), now).await?;
-    let known = swarm
-        .status
-        .as_ref()
-        .and_then(|s| s.ledger.as_ref())
-        .and_then(|l| l.contract_address.as_deref())
-        .and_then(|a| a.parse::<Address>().ok());
+    let known = ledger_target(swarm).ok().flatten().and_then(|t| t.contract);
     let unregistered = members.iter().filter(|m| {
         m.metadata.deletion_timestamp.is_none()
             && m.status.as_ref().is_some_and(|s| s.address.is_some())
@@ -146,17 +144,8 @@ async fn report_outage(
     for member in unregistered {
         show_member(ctx, member, &failed, &HashMap::new(), now).await?;
     }
-    let since = swarm
-        .status
-        .as_ref()
-        .and_then(|s| {
-            s.conditions.iter().find(|c| {
-                c.type_ == conditions::LEDGER_READY
-                    && c.status == "False"
-                    && c.reason == problem.reason
-            })
-        })
-        .map(|c| c.last_transition_time.0);
+    let shown = swarm.status.as_ref().map(|s| s.conditions.as_slice());
+    let since = failing_since(shown, conditions::LEDGER_READY, &problem);
     Ok(Action::requeue(retry_delay(since, now)))
 }
 
@@ -329,15 +318,14 @@ async fn leave(
     Ok(RESYNC)
 }
 
-/// Since when the member's registration has been failing for the same reason, as its status says.
-fn failing_since(member: &SwarmMember, problem: &LedgerProblem) -> Option<Timestamp> {
-    member
-        .status
-        .as_ref()?
-        .conditions
+/// Since when the condition `type_` has been False for the problem's reason, as the status shows.
+fn failing_since(
+    shown: Option<&[Condition]>,
+    type_: &str,
+    problem: &LedgerProblem,
+) -> Option<Timestamp> {
+    shown?
         .iter()
-        .find(|c| {
-            c.type_ == conditions::REGISTERED && c.status == "False" && c.reason == problem.reason
-        })
+        .find(|c| c.type_ == type_ && c.status == "False" && c.reason == problem.reason)
         .map(|c| c.last_transition_time.0)
 }
