@@ -28,9 +28,11 @@ use swarm_telemetry::admin::{self, AdminState};
 
 mod inbox;
 mod round;
+mod shutdown;
 
 use inbox::{Inbox, file_messages};
 use round::Member;
+use shutdown::Shutdown;
 
 use crate::Startup;
 use crate::clock::RoundClock;
@@ -69,6 +71,8 @@ pub enum NodeError {
     Network(#[from] NetworkError),
     #[error("cannot start the network runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot listen for SIGTERM and SIGINT: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("cannot serve /healthz, /readyz and /metrics on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -115,6 +119,7 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(NodeError::Runtime)?;
+    let shutdown = Shutdown::listen(&runtime)?;
     let node_metrics = NodeMetrics::register(&mut metrics);
     // Served before the model loads, so that a liveness probe passes during a long load; ready
     // once the node has joined the network and is about to train.
@@ -195,6 +200,7 @@ pub fn run(
         known_peers: bootstrap,
         config_path: startup.config_path.clone(),
         key: startup.key,
+        shutdown,
     };
     let rounds_trained = member.train(resumed_from, out)?;
     NodeEvent::Finished(Finished {
@@ -208,9 +214,9 @@ pub fn run(
     {
         tracing::warn!("some rounds are still not recorded on the ledger");
     }
-    if !options.exit_when_done {
+    if !options.exit_when_done && !member.shutdown.requested() {
         tracing::info!("last round done; staying up for the swarm's peers");
-        member.runtime.block_on(std::future::pending::<()>());
+        member.runtime.block_on(member.shutdown.wait());
     }
     member.runtime.block_on(member.network.shutdown());
     Ok(())

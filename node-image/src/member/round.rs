@@ -13,6 +13,7 @@ use swarm_rl::{Group, RewardStats};
 use tracing::field::Empty;
 
 use super::inbox::Inbox;
+use super::shutdown::Shutdown;
 use super::{GATHER_SHARE, NodeError, bootstrap_addrs};
 use crate::clock::RoundClock;
 use crate::exchange::split_messages;
@@ -40,10 +41,12 @@ pub(super) struct Member {
     pub(super) known_peers: Vec<Multiaddr>,
     pub(super) config_path: PathBuf,
     pub(super) key: swarm_identity::MemberKey,
+    pub(super) shutdown: Shutdown,
 }
 
 impl Member {
-    /// Trains round after round until `maxRounds`; returns the number of rounds trained.
+    /// Trains round after round until `maxRounds`, or until a stop is asked for (between rounds);
+    /// returns the number of rounds trained.
     pub(super) fn train(
         &mut self,
         resumed_from: Option<u64>,
@@ -61,10 +64,10 @@ impl Member {
             {
                 return Ok(trained);
             }
-            std::thread::sleep(RoundClock::until(
-                Timestamp::now(),
-                self.clock.start_of(round),
-            ));
+            let until_start = RoundClock::until(Timestamp::now(), self.clock.start_of(round));
+            if !self.shutdown.sleep(until_start) {
+                return Ok(trained);
+            }
             self.refresh_config();
             let skipped = last.map_or(0, |last| round - last - 1);
             let report = self.round(round, skipped)?;
