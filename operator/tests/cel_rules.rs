@@ -495,6 +495,45 @@ fn names_images_quantities_and_env_are_checked() {
     rejected(&s, "member.env names must be letters");
     s.spec.member.env = Some(vec![env("MY VAR")]);
     rejected(&s, "member.env names must be letters");
+    s.spec.member.env = Some(vec![env("RUST_LOG"), env("RUST_LOG")]);
+    rejected(&s, "member.env names must be unique");
+    for name in [
+        "SWARM_MEMBER",
+        "POD_NAMESPACE",
+        "SWARM_IDENTITY_DIR",
+        "SWARM_CONFIG",
+        "HF_HOME",
+    ] {
+        s.spec.member.env = Some(vec![env("RUST_LOG"), env(name)]);
+        rejected(&s, "member.env may not set SWARM_MEMBER");
+    }
+    // The telemetry variables are the user's own without spec.telemetry, the operator's with it.
+    s.spec.member.env = Some(vec![env("OTEL_SERVICE_NAME")]);
+    accepted(&s);
+    s.spec.telemetry = Some(TelemetrySpec {
+        otlp_endpoint: "http://collector:4318".into(),
+        metric_export_interval_seconds: 15,
+    });
+    rejected(&s, "spec.member.env may not set the OTEL_* variables");
+    s.spec.member.env = Some(vec![env("OTEL_TRACES_SAMPLER")]);
+    accepted(&s);
+    // HF_TOKEN likewise, with and without the hub's token Secret.
+    let mut s = swarm("demo");
+    s.spec.model.source = ModelSource {
+        hub: Some(HubModelSource {
+            id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+            revision: None,
+            token_secret: None,
+        }),
+        ..Default::default()
+    };
+    s.spec.member.env = Some(vec![env("HF_TOKEN")]);
+    accepted(&s);
+    s.spec.model.source.hub.as_mut().unwrap().token_secret = Some(HubTokenSecret {
+        name: "hf".into(),
+        key: "token".into(),
+    });
+    rejected(&s, "spec.member.env may not set HF_TOKEN");
 
     let mut s = swarm("demo");
     s.spec.member.runtime_class_name = Some("Nvidia_GPU".into());

@@ -199,6 +199,16 @@ fn rewrite_nested(value: &mut Value) {
     }
 }
 
+/// Environment variables the pod builder always sets on the node container (`HF_HOME` also on the
+/// model's init container), as a CEL list: a `member.env` entry of the same name would be a
+/// duplicate, which the API server rejects for the pod, not the Swarm.
+pub const OPERATOR_ENV: &str =
+    "['SWARM_MEMBER', 'POD_NAMESPACE', 'SWARM_IDENTITY_DIR', 'SWARM_CONFIG', 'HF_HOME']";
+
+/// The variables the pod builder sets when `spec.telemetry` is given, as a CEL list.
+pub const TELEMETRY_ENV: &str = "['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', \
+     'OTEL_SERVICE_NAME', 'OTEL_RESOURCE_ATTRIBUTES', 'OTEL_METRIC_EXPORT_INTERVAL']";
+
 /// Bounds the length of environment variable names (`EnvVar` has no bound of its own), so the API
 /// server can bound the cost of the rule that checks them.
 pub fn env_name_length(schema: &mut Schema) {

@@ -48,6 +48,12 @@ pub const MAX_REPLICAS: i32 = 1000;
     ),
     validation = Rule::new("!has(oldSelf.spec.ledger) || has(self.spec.ledger)").message(
         "spec.ledger cannot be removed: members are registered on it; delete the Swarm to deregister them"
+    ),
+    validation = Rule::new(format!("!has(self.spec.telemetry) || !has(self.spec.member.env) || self.spec.member.env.all(e, !(e.name in {}))", super::admission::TELEMETRY_ENV)).message(
+        "spec.member.env may not set the OTEL_* variables that spec.telemetry sets (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_METRIC_EXPORT_INTERVAL)"
+    ),
+    validation = Rule::new("!has(self.spec.model.source.hub) || !has(self.spec.model.source.hub.tokenSecret) || !has(self.spec.member.env) || self.spec.member.env.all(e, e.name != 'HF_TOKEN')").message(
+        "spec.member.env may not set HF_TOKEN when spec.model.source.hub.tokenSecret does"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -219,6 +225,8 @@ pub struct MemberTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128), transform = super::admission::env_name_length)]
     #[x_kube(validation = Rule::new(format!("self.all(e, e.name.matches('{}'))", super::admission::ENV_NAME)).message("member.env names must be letters, digits, '-', '.' and '_', not starting with a digit (e.g. MY_SETTING)"))]
+    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))").message("member.env names must be unique"))]
+    #[x_kube(validation = Rule::new(format!("self.all(e, !(e.name in {}))", super::admission::OPERATOR_ENV)).message("member.env may not set SWARM_MEMBER, POD_NAMESPACE, SWARM_IDENTITY_DIR, SWARM_CONFIG or HF_HOME: the operator sets them"))]
     pub env: Option<Vec<EnvVar>>,
 }
 

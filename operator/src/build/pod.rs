@@ -660,6 +660,49 @@ mod tests {
         assert!(position("SWARM_MEMBER") < position("OTEL_RESOURCE_ATTRIBUTES"));
     }
 
+    /// Every variable the builder sets itself is one admission keeps out of `member.env`: a
+    /// duplicate name makes the API server reject the pod, long after the Swarm was accepted.
+    #[test]
+    fn the_variables_the_operator_sets_are_the_ones_admission_reserves() {
+        let mut swarm = fixtures::swarm(1);
+        swarm.spec.telemetry = Some(TelemetrySpec {
+            otlp_endpoint: "http://collector.monitoring:4318".into(),
+            metric_export_interval_seconds: 15,
+        });
+        swarm.spec.model.source = ModelSource {
+            hub: Some(crate::api::HubModelSource {
+                id: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+                revision: None,
+                token_secret: Some(crate::api::HubTokenSecret {
+                    name: "hf".into(),
+                    key: "token".into(),
+                }),
+            }),
+            ..Default::default()
+        };
+        let spec = build_member_pod(&swarm, &fixtures::member(&swarm, 0), &settings())
+            .spec
+            .unwrap();
+        let containers = spec
+            .init_containers
+            .unwrap()
+            .into_iter()
+            .chain(spec.containers);
+        for container in containers {
+            for env in container.env.unwrap() {
+                let quoted = format!("'{}'", env.name);
+                let reserved = crate::api::admission::OPERATOR_ENV.contains(&quoted)
+                    || crate::api::admission::TELEMETRY_ENV.contains(&quoted)
+                    || env.name == "HF_TOKEN";
+                assert!(
+                    reserved,
+                    "{} sets {}, which admission lets member.env set too",
+                    container.name, env.name
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_hub_model_is_downloaded_by_an_init_container_into_the_state_volume() {
         let mut swarm = fixtures::swarm(1);
