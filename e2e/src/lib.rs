@@ -38,7 +38,8 @@ fn required(var: &str) -> PathBuf {
         None => panic!(
             "{var} is not set: run the end-to-end tests through scripts/test (or e2e/bin/test), which \
              brings the control plane up and sets E2E_KUBECONFIG, E2E_HELM, E2E_KUBECTL, E2E_OPERATOR_BIN, \
-             E2E_NODE_BIN and E2E_OTELCOL"
+             E2E_NODE_BIN, E2E_OTELCOL and the real node's E2E_REAL_NODE, E2E_NODE_IMAGE and \
+             E2E_REAL_NODE_SUBNET_PREFIX"
         ),
     }
 }
@@ -123,6 +124,31 @@ impl Env {
 
     pub fn kubectl(&self, args: &[&str]) -> String {
         self.run(&self.kubectl, args)
+    }
+}
+
+/// The taint of `e2e/bin/cluster`'s real node: only pods that tolerate it run as containers there.
+pub const REAL_NODE_TAINT: &str = "rlswarm.dev/real-node";
+
+/// The real node (kubelet, containerd, runc, CNI bridge, CoreDNS) that `e2e/bin/cluster` brings up
+/// next to the kwok nodes, as `e2e/bin/test` describes it.
+pub struct RealNode {
+    /// Its Node name.
+    pub node: String,
+    /// The node image (cpu variant) imported into its containerd.
+    pub node_image: String,
+    /// The first three octets of its pod subnet, with the trailing dot: `198.18.7.`.
+    pub subnet_prefix: String,
+}
+
+impl RealNode {
+    pub fn from_env() -> Self {
+        let text = |var: &str| required(var).to_string_lossy().into_owned();
+        Self {
+            node: text("E2E_REAL_NODE"),
+            node_image: text("E2E_NODE_IMAGE"),
+            subnet_prefix: text("E2E_REAL_NODE_SUBNET_PREFIX"),
+        }
     }
 }
 

@@ -1,0 +1,295 @@
+//! Members as real containers: the node image that scripts/build-oci-images built, run by containerd
+//! and runc under the real kubelet of `e2e/bin/cluster`'s real node, on its CNI bridge, with the
+//! pods' own probes and cluster DNS. What the runtime enforces is read back from the kernel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams};
+use swarm_e2e::testbed::create_model_volume;
+use swarm_e2e::*;
+use swarm_node::report::NodeEvent;
+use swarm_operator::api::SwarmMember;
+
+const SWARM: &str = "containers";
+
+/// A Swarm whose members run on the real node from `image`, with `env` (YAML list entries) added
+/// to the node's environment.
+fn swarm_yaml(name: &str, replicas: u32, node: &str, image: &str, env: &str) -> String {
+    format!(
+        r#"apiVersion: rlswarm.dev/v1alpha1
+kind: Swarm
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  member:
+    image: {image}
+    # Imported into containerd; there is no registry to pull from.
+    imagePullPolicy: Never
+    nodeSelector: {{kubernetes.io/hostname: {node}}}
+    tolerations:
+    - {{key: {REAL_NODE_TAINT}, operator: Exists, effect: NoSchedule}}
+    resources:
+      requests: {{cpu: 100m, memory: 256Mi}}
+    env:
+    - {{name: SWARM_TORCH_THREADS, value: "1"}}
+{env}
+  model:
+    source:
+      pvc: {{claimName: tiny-model}}
+    dtype: f32
+  training:
+    questionsPerRound: 4
+    localRollouts: 2
+    externalRollouts: 4
+    completionsPerQuestion: 4
+    learningRate: 5.0e-4
+    maxNewTokens: 16
+    microBatchSize: 64
+    seed: 7
+    difficulty: 1
+    tasks: [{{family: basic_arithmetic}}]
+  rounds:
+    durationSeconds: 6
+"#
+    )
+}
+
+/// What the kernel says about a container's main process.
+#[derive(Debug)]
+struct ProcessFacts {
+    uid: String,
+    gid: String,
+    effective_capabilities: String,
+    no_new_privs: String,
+    seccomp: String,
+    root_mount_options: String,
+}
+
+/// The process whose cgroup path ends in the container's id (the kubelet's cgroupfs layout:
+/// `<cgroupRoot>/kubepods/<qos>/pod<uid>/<container id>`).
+fn container_process(container_id: &str) -> ProcessFacts {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
+            continue;
+        };
+        if !cgroup
+            .lines()
+            .any(|l| l.contains(":memory:") && l.ends_with(container_id))
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // The container's own root: the mount at "/" of its mount namespace.
+        let mountinfo = std::fs::read_to_string(entry.path().join("mountinfo")).unwrap();
+        let root_mount_options = mountinfo
+            .lines()
+            .find_map(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                (fields.get(4) == Some(&"/")).then(|| fields[5].to_owned())
+            })
+            .unwrap_or_default();
+        return ProcessFacts {
+            uid: field("Uid"),
+            gid: field("Gid"),
+            effective_capabilities: field("CapEff"),
+            no_new_privs: field("NoNewPrivs"),
+            seccomp: field("Seccomp"),
+            root_mount_options,
+        };
+    }
+    panic!("no process in a cgroup of container {container_id}");
+}
+
+#[tokio::test]
+async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
+    let real = RealNode::from_env();
+    let f = Fixture::new("real-node", &[]).await;
+    create_model_volume(&f).await;
+    let operator = f.operator("operator", None);
+    f.apply_yaml(&swarm_yaml(SWARM, 2, &real.node, &real.node_image, ""));
+    f.wait_ready(SWARM, 2, &[&operator]).await;
+
+    let pods: BTreeMap<String, Pod> = f
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("rlswarm.dev/swarm={SWARM}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    assert_eq!(pods.len(), 2);
+    for (name, pod) in &pods {
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some(real.node.as_str())
+        );
+        let status = pod.status.as_ref().unwrap();
+        // Ready through the pod's own readiness probe, which the kubelet ran against /readyz.
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True", "{name}: {ready:?}");
+        let ip = status.pod_ip.as_deref().unwrap();
+        assert!(
+            ip.starts_with(&real.subnet_prefix),
+            "{name}: pod IP {ip} not on the bridge's subnet {}",
+            real.subnet_prefix
+        );
+        let container = &status.container_statuses.as_ref().unwrap()[0];
+        let id = container
+            .container_id
+            .as_deref()
+            .unwrap()
+            .strip_prefix("containerd://")
+            .unwrap();
+        let facts = container_process(id);
+        eprintln!("{name}: on {}, ip {ip}, {facts:?}", real.node);
+        assert_eq!(facts.uid, "65532 65532 65532 65532", "{name}: {facts:?}");
+        assert_eq!(facts.gid, "65532 65532 65532 65532", "{name}: {facts:?}");
+        assert_eq!(
+            facts.effective_capabilities, "0000000000000000",
+            "{name}: {facts:?}"
+        );
+        assert_eq!(facts.no_new_privs, "1", "{name}: {facts:?}");
+        // 2: a seccomp filter (RuntimeDefault) is in force.
+        assert_eq!(facts.seccomp, "2", "{name}: {facts:?}");
+        assert!(
+            facts.root_mount_options.split(',').any(|o| o == "ro"),
+            "{name}: root filesystem not read-only: {facts:?}"
+        );
+    }
+
+    // The members found each other by the headless Service's DNS names (CoreDNS) and trained on
+    // each other's rollouts: their own reports, read back through the API server's log endpoint.
+    let names: Vec<String> = pods.keys().cloned().collect();
+    wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "both members to train on rollouts from the other",
+        Duration::from_secs(180),
+        || async {
+            let mut missing = Vec::new();
+            for name in &names {
+                let log = f
+                    .env
+                    .kubectl(&["logs", "-n", &f.ns.name, name, "-c", "node"]);
+                let from_peer = log
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<NodeEvent>(l).ok())
+                    .find_map(|e| match e {
+                        NodeEvent::Round(r) if r.external_peers >= 1 => Some(r),
+                        _ => None,
+                    });
+                match from_peer {
+                    Some(r) => eprintln!(
+                        "{name}: round {} trained on {} groups from {} peer(s)",
+                        r.round, r.external_groups, r.external_peers
+                    ),
+                    None => missing.push(name.clone()),
+                }
+            }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no round with a peer's rollouts yet: {missing:?}"))
+            }
+        },
+    )
+    .await;
+
+    // A deleted pod's node stops on SIGTERM (it is its container's PID 1, which has no default
+    // action for it): the pod is gone long before its 60 s grace period would have it killed.
+    let pods_api = f.api::<Pod>();
+    let victim = &names[0];
+    let uid = pods[victim].metadata.uid.clone();
+    pods_api
+        .delete(victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        &format!("{victim} to stop on SIGTERM, well inside its grace period"),
+        Duration::from_secs(40),
+        || async {
+            // Gone, or already replaced by the operator under a new uid.
+            match pods_api.get_opt(victim).await {
+                Ok(Some(pod)) if pod.metadata.uid == uid => Err("still terminating".to_owned()),
+                Ok(_) => Ok(()),
+                Err(err) => Err(err.to_string()),
+            }
+        },
+    )
+    .await;
+}
+
+/// What the real kubelet reports about a pod that cannot run reaches the member's status: an image
+/// that is not on the node (and may not be pulled), and a node that exits at once.
+#[tokio::test]
+async fn a_missing_image_and_a_crashing_node_show_in_the_member_status() {
+    let real = RealNode::from_env();
+    let f = Fixture::new("real-node-faults", &[]).await;
+    create_model_volume(&f).await;
+    let operator = f.operator("operator", None);
+    let missing = format!("{}-missing", real.node_image);
+    f.apply_yaml(&swarm_yaml("no-image", 1, &real.node, &missing, ""));
+    // The node rejects its arguments and exits at once; the kubelet restarts it, backing off.
+    let unusable = "    - {name: SWARM_METRICS_PORT, value: not-a-port}";
+    f.apply_yaml(&swarm_yaml(
+        "crashing",
+        1,
+        &real.node,
+        &real.node_image,
+        unusable,
+    ));
+    for (member, reason) in [
+        ("no-image-0", "ErrImageNeverPull"),
+        ("crashing-0", "CrashLoopBackOff"),
+    ] {
+        let members = f.api::<SwarmMember>();
+        wait_for(
+            &f.env,
+            &f.ns.name,
+            &[&operator],
+            &format!("{member}'s status to say {reason}"),
+            SETTLE,
+            || async {
+                let message = members
+                    .get(member)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .and_then(|s| s.message)
+                    .unwrap_or_default();
+                if message.starts_with(reason) {
+                    eprintln!("{member}: {message}");
+                    Ok(())
+                } else {
+                    Err(format!("message: {message:?}"))
+                }
+            },
+        )
+        .await;
+    }
+}
