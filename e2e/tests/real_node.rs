@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use swarm_e2e::kubelet::host_path_volume;
 use swarm_e2e::testbed::create_model_volume;
 use swarm_e2e::*;
 use swarm_node::report::NodeEvent;
@@ -63,12 +64,15 @@ spec:
 /// What the kernel says about a container's main process.
 #[derive(Debug)]
 struct ProcessFacts {
+    pid: u32,
     uid: String,
     gid: String,
     effective_capabilities: String,
     no_new_privs: String,
     seccomp: String,
     root_mount_options: String,
+    /// Mount points in the container's mount namespace that are mounted read-write.
+    writable_mounts: Vec<String>,
 }
 
 /// The process whose cgroup path ends in the container's id (the kubelet's cgroupfs layout:
@@ -94,22 +98,34 @@ fn container_process(container_id: &str) -> ProcessFacts {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        // The container's own root: the mount at "/" of its mount namespace.
+        // Its mount namespace: mount point (field 5) and mount options (field 6) of each mount.
         let mountinfo = std::fs::read_to_string(entry.path().join("mountinfo")).unwrap();
-        let root_mount_options = mountinfo
+        let mounts: Vec<(String, String)> = mountinfo
             .lines()
-            .find_map(|l| {
+            .map(|l| {
                 let fields: Vec<&str> = l.split(' ').collect();
-                (fields.get(4) == Some(&"/")).then(|| fields[5].to_owned())
+                (fields[4].to_owned(), fields[5].to_owned())
             })
+            .collect();
+        let root_mount_options = mounts
+            .iter()
+            .find(|(point, _)| point == "/")
+            .map(|(_, options)| options.clone())
             .unwrap_or_default();
+        let writable_mounts = mounts
+            .into_iter()
+            .filter(|(_, options)| options.split(',').any(|o| o == "rw"))
+            .map(|(point, _)| point)
+            .collect();
         return ProcessFacts {
+            pid: entry.file_name().to_string_lossy().parse().unwrap(),
             uid: field("Uid"),
             gid: field("Gid"),
             effective_capabilities: field("CapEff"),
             no_new_privs: field("NoNewPrivs"),
             seccomp: field("Seccomp"),
             root_mount_options,
+            writable_mounts,
         };
     }
     panic!("no process in a cgroup of container {container_id}");
@@ -175,6 +191,38 @@ async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
         assert!(
             facts.root_mount_options.split(',').any(|o| o == "ro"),
             "{name}: root filesystem not read-only: {facts:?}"
+        );
+        // Writable: only the pod's own writable volumes, the files the kubelet manages per pod, and
+        // the kernel's and runtime's filesystems (/dev, /proc, /sys).
+        let mut allowed: Vec<String> = pod.spec.as_ref().unwrap().containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.read_only != Some(true))
+            .map(|m| m.mount_path.clone())
+            .collect();
+        allowed.extend(
+            [
+                "/etc/hosts",
+                "/etc/hostname",
+                "/etc/resolv.conf",
+                "/dev/termination-log",
+            ]
+            .map(String::from),
+        );
+        let kernel = |point: &str| {
+            ["/dev", "/proc", "/sys"]
+                .iter()
+                .any(|d| point == *d || point.starts_with(&format!("{d}/")))
+        };
+        let stray: Vec<&String> = facts
+            .writable_mounts
+            .iter()
+            .filter(|point| !allowed.contains(point) && !kernel(point))
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "{name}: writable outside its volumes: {stray:?} ({facts:?})"
         );
     }
 
@@ -292,4 +340,134 @@ async fn a_missing_image_and_a_crashing_node_show_in_the_member_status() {
         )
         .await;
     }
+}
+
+/// A member's container killed on the node: the kubelet starts it again in the same pod, and the
+/// node resumes from the checkpoint on its claim. The claim is bound to a folder the node's uid
+/// owns, as a local-path provisioner would make it (the test bed has no provisioner yet).
+#[tokio::test]
+async fn a_killed_container_restarts_in_its_pod_and_resumes_from_its_checkpoint() {
+    let real = RealNode::from_env();
+    let f = Fixture::new("real-node-restart", &[]).await;
+    create_model_volume(&f).await;
+    let operator = f.operator("operator", None);
+    let checkpoints = "  checkpoints: {size: 1Gi, everyRounds: 1}";
+    f.apply_yaml(&format!(
+        "{}{checkpoints}\n",
+        swarm_yaml("resume", 1, &real.node, &real.node_image, "")
+    ));
+
+    let claims = f.api::<PersistentVolumeClaim>();
+    let claim = wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "the checkpoint claim",
+        SETTLE,
+        || async {
+            claims
+                .get_opt("resume-0-checkpoints")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await;
+    let dir = f.dir.path().join("resume-0-checkpoints");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).unwrap();
+    let volume = host_path_volume(&format!("{}-resume-0", f.ns.name), &dir, &claim);
+    Api::<PersistentVolume>::all(f.client.clone())
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+    f.wait_ready("resume", 1, &[&operator]).await;
+
+    // A complete checkpoint on the claim (`round-<n>`, renamed from `.tmp` once written).
+    let saved = || {
+        std::fs::read_dir(dir.join("checkpoints"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_prefix("round-")?.parse::<u64>().ok())
+                    .max()
+            })
+            .ok()
+            .flatten()
+    };
+    let checkpoint = wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "a checkpoint written on the claim",
+        Duration::from_secs(120),
+        || async { saved().ok_or("none yet") },
+    )
+    .await;
+
+    let pods = f.api::<Pod>();
+    let pod = pods.get("resume-0").await.unwrap();
+    let container = &pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    let id = container
+        .container_id
+        .as_deref()
+        .unwrap()
+        .strip_prefix("containerd://")
+        .unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &container_process(id).pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // Same pod, a new container, resumed from a checkpoint at least as new as the one seen.
+    let resumed = wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "the node to restart in its pod and resume from its checkpoint",
+        SETTLE,
+        || async {
+            let now = pods.get("resume-0").await.map_err(|e| e.to_string())?;
+            if now.metadata.uid != pod.metadata.uid {
+                return Err("the pod was replaced, not its container restarted".to_owned());
+            }
+            let restarts = now
+                .status
+                .as_ref()
+                .unwrap()
+                .container_statuses
+                .as_ref()
+                .unwrap()[0]
+                .restart_count;
+            if restarts < 1 {
+                return Err("not restarted yet".to_owned());
+            }
+            let log = f
+                .env
+                .kubectl(&["logs", "-n", &f.ns.name, "resume-0", "-c", "node"]);
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<NodeEvent>(l).ok())
+                .find_map(|e| match e {
+                    NodeEvent::Started(started) => Some(started.resumed_from),
+                    _ => None,
+                })
+                .ok_or_else(|| format!("restarted {restarts} times, not started yet"))
+        },
+    )
+    .await;
+    eprintln!(
+        "checkpoint of round {checkpoint} on the claim; the restarted node resumed from {resumed:?}"
+    );
+    assert!(
+        resumed.is_some_and(|round| round >= checkpoint),
+        "resumed from {resumed:?}, the claim had round {checkpoint}"
+    );
 }
