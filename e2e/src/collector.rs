@@ -3,7 +3,7 @@
 //! which the tests read back as spans and metrics.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// The collector process; killed when dropped.
 pub struct Collector {
     child: Child,
+    host: IpAddr,
     http_port: u16,
     output: PathBuf,
     log: PathBuf,
@@ -40,14 +41,20 @@ pub struct ExportedMetric {
 
 impl Collector {
     /// Writes `dir/otelcol.yaml`, starts `binary` with it (log in `dir/otelcol.log`) and returns
-    /// once its OTLP/HTTP port accepts connections.
+    /// once its OTLP/HTTP port, on 127.0.0.1, accepts connections.
     pub fn start(binary: &Path, dir: &Path) -> Self {
+        Self::start_on(binary, dir, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// The same, listening on `host` only (e.g. the real node's bridge, which its pods reach).
+    pub fn start_on(binary: &Path, dir: &Path, host: IpAddr) -> Self {
         let http_port = super::free_port();
         let output = dir.join("otlp.jsonl");
         let log = dir.join("otelcol.log");
         let config = dir.join("otelcol.yaml");
-        let yaml = serde_yaml_ng::to_string(&config_yaml(http_port, &output))
-            .expect("collector config yaml");
+        let yaml =
+            serde_yaml_ng::to_string(&config_yaml(SocketAddr::new(host, http_port), &output))
+                .expect("collector config yaml");
         std::fs::write(&config, yaml).expect("write collector config");
         let file = std::fs::File::create(&log).expect("collector log file");
         let child = Command::new(binary)
@@ -58,6 +65,7 @@ impl Collector {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let mut collector = Self {
             child,
+            host,
             http_port,
             output,
             log,
@@ -67,7 +75,7 @@ impl Collector {
     }
 
     pub fn http_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://{}", SocketAddr::new(self.host, self.http_port))
     }
 
     /// Every span exported so far (the file exporter flushes every 100 ms).
@@ -91,7 +99,7 @@ impl Collector {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("otelcol exited ({status}):\n{}", self.log_text());
             }
-            if TcpStream::connect(("127.0.0.1", self.http_port)).is_ok() {
+            if TcpStream::connect((self.host, self.http_port)).is_ok() {
                 return;
             }
             if Instant::now() > deadline {
@@ -118,11 +126,11 @@ impl Drop for Collector {
 }
 
 /// OTLP over HTTP only: the operator and the node export with OTLP/HTTP.
-fn config_yaml(http_port: u16, output: &Path) -> Value {
+fn config_yaml(http: SocketAddr, output: &Path) -> Value {
     let pipeline = json!({ "receivers": ["otlp"], "exporters": ["file"] });
     json!({
         "receivers": { "otlp": { "protocols": {
-            "http": { "endpoint": format!("127.0.0.1:{http_port}") },
+            "http": { "endpoint": http.to_string() },
         } } },
         // The default flush interval is 1 s; shorter keeps the tests' polling short.
         "exporters": { "file": { "path": output, "flush_interval": "100ms" } },

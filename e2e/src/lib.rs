@@ -142,6 +142,13 @@ pub struct RealNode {
 }
 
 impl RealNode {
+    /// The host's address on the node's bridge: what its pods can reach of the host.
+    pub fn host_ip(&self) -> std::net::IpAddr {
+        format!("{}1", self.subnet_prefix)
+            .parse()
+            .expect("the bridge's host address")
+    }
+
     pub fn from_env() -> Self {
         let text = |var: &str| required(var).to_string_lossy().into_owned();
         Self {

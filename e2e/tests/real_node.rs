@@ -10,9 +10,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use swarm_e2e::collector::Collector;
 use swarm_e2e::kubelet::host_path_volume;
-use swarm_e2e::testbed::create_model_volume;
+use swarm_e2e::testbed::{create_ledger_secret, create_model_volume};
 use swarm_e2e::*;
+use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
 use swarm_node::report::NodeEvent;
 use swarm_operator::api::SwarmMember;
 
@@ -293,15 +295,22 @@ async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
 }
 
 /// What the real kubelet reports about a pod that cannot run reaches the member's status: an image
-/// that is not on the node (and may not be pulled), and a node that exits at once.
+/// that is not on the node and may not be pulled, one whose registry refuses the connection, and a
+/// node that exits at once.
 #[tokio::test]
-async fn a_missing_image_and_a_crashing_node_show_in_the_member_status() {
+async fn missing_images_and_a_crashing_node_show_in_the_member_status() {
     let real = RealNode::from_env();
     let f = Fixture::new("real-node-faults", &[]).await;
     create_model_volume(&f).await;
     let operator = f.operator("operator", None);
     let missing = format!("{}-missing", real.node_image);
     f.apply_yaml(&swarm_yaml("no-image", 1, &real.node, &missing, ""));
+    // A registry on a closed loopback port: the pull fails at once, nothing leaves the machine.
+    let unpullable = "127.0.0.1:9/rl-swarm-operator/swarm-node:0.1.0-cpu";
+    f.apply_yaml(
+        &swarm_yaml("no-registry", 1, &real.node, unpullable, "")
+            .replace("imagePullPolicy: Never", "imagePullPolicy: Always"),
+    );
     // The node rejects its arguments and exits at once; the kubelet restarts it, backing off.
     let unusable = "    - {name: SWARM_METRICS_PORT, value: not-a-port}";
     f.apply_yaml(&swarm_yaml(
@@ -313,6 +322,7 @@ async fn a_missing_image_and_a_crashing_node_show_in_the_member_status() {
     ));
     for (member, reason) in [
         ("no-image-0", "ErrImageNeverPull"),
+        ("no-registry-0", "ImagePullBackOff"),
         ("crashing-0", "CrashLoopBackOff"),
     ] {
         let members = f.api::<SwarmMember>();
@@ -470,4 +480,107 @@ async fn a_killed_container_restarts_in_its_pod_and_resumes_from_its_checkpoint(
         resumed.is_some_and(|round| round >= checkpoint),
         "resumed from {resumed:?}, the claim had round {checkpoint}"
     );
+}
+
+/// Members in containers record their rounds on a chain and export traces and metrics: anvil and the
+/// collector listen on the bridge's host address, the only host address the pods reach.
+#[tokio::test]
+async fn members_on_the_real_node_record_rounds_on_the_ledger_and_export_telemetry() {
+    let real = RealNode::from_env();
+    let f = Fixture::new("real-node-ledger", &[]).await;
+    create_model_volume(&f).await;
+    let binary = anvil_binary(&f.env.root.join("scripts/install-ledger-tools")).unwrap();
+    let anvil = Anvil::start_on(&binary, real.host_ip(), &[]).unwrap();
+    create_ledger_secret(&f, &anvil.dev_keys()[0]).await;
+    let collector = Collector::start_on(&f.env.otelcol(), f.dir.path(), real.host_ip());
+    let operator = f.operator("operator", None);
+    let ledger_and_telemetry = format!(
+        r#"  ledger:
+    rpcUrl: {rpc}
+    chainId: {ANVIL_CHAIN_ID}
+    contract: {{deploy: {{}}}}
+    operatorKeySecret: {{name: ledger-operator}}
+    memberFunding: "1"
+  telemetry:
+    otlpEndpoint: {otlp}
+    metricExportIntervalSeconds: 2
+"#,
+        rpc = anvil.url(),
+        otlp = collector.http_endpoint(),
+    );
+    f.apply_yaml(&format!(
+        "{}{ledger_and_telemetry}",
+        swarm_yaml("chain", 2, &real.node, &real.node_image, "")
+    ));
+    f.wait_ready("chain", 2, &[&operator]).await;
+
+    // ROUND and REWARD come from the chain: rounds each pod submitted from its member's account.
+    let members = f.api::<SwarmMember>();
+    wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "both members' rounds recorded on the ledger",
+        Duration::from_secs(180),
+        || async {
+            let list = members
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let recorded: Vec<(String, Option<i64>, Option<f64>)> = list
+                .items
+                .iter()
+                .map(|m| {
+                    let status = m.status.clone().unwrap_or_default();
+                    (m.name_any(), status.round, status.total_reward)
+                })
+                .collect();
+            if recorded.len() == 2 && recorded.iter().all(|(_, r, t)| r.is_some() && t.is_some()) {
+                eprintln!("on the ledger: {recorded:?}");
+                Ok(())
+            } else {
+                Err(format!("{recorded:?}"))
+            }
+        },
+    )
+    .await;
+
+    wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "the nodes' spans and metrics at the collector",
+        Duration::from_secs(60),
+        || async {
+            let spans: Vec<(String, String)> = collector
+                .spans()
+                .into_iter()
+                .map(|s| (s.service, s.name))
+                .collect();
+            let metrics: Vec<(String, String)> = collector
+                .metrics()
+                .into_iter()
+                .map(|m| (m.service, m.name))
+                .collect();
+            let has = |list: &[(String, String)], name: &str| {
+                list.iter()
+                    .any(|(service, n)| service == "swarm-node" && n == name)
+            };
+            let missing: Vec<&str> = ["round", "train", "submit"]
+                .into_iter()
+                .filter(|name| !has(&spans, name))
+                .chain(
+                    ["swarm_node_rounds", "swarm_node_ledger_submissions"]
+                        .into_iter()
+                        .filter(|name| !has(&metrics, name)),
+                )
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        },
+    )
+    .await;
 }

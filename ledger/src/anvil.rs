@@ -1,7 +1,8 @@
-//! A local anvil chain on 127.0.0.1, the EVM the tests (and a swarm on one machine) run against.
+//! A local anvil chain (on 127.0.0.1 unless told otherwise), the EVM the tests (and a swarm on one machine) run against.
 //! The binary comes from `scripts/install-ledger-tools`, which says where it put it.
 
 use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -50,10 +51,11 @@ pub fn anvil_binary(install_script: &Path) -> Result<PathBuf, AnvilError> {
         .ok_or_else(|| failed("it printed no ANVIL= line".into()))
 }
 
-/// One anvil process on 127.0.0.1; killed when dropped.
+/// One anvil process, on 127.0.0.1 unless told otherwise; killed when dropped.
 #[derive(Debug)]
 pub struct Anvil {
     binary: PathBuf,
+    host: IpAddr,
     args: Vec<String>,
     child: Child,
     port: u16,
@@ -61,12 +63,19 @@ pub struct Anvil {
 }
 
 impl Anvil {
-    /// A fresh chain on a port anvil picks, with extra arguments (e.g. `--no-mining`).
+    /// A fresh chain on 127.0.0.1 and a port anvil picks, with extra arguments (e.g. `--no-mining`).
     pub fn start(binary: &Path, args: &[&str]) -> Result<Anvil, AnvilError> {
+        Self::start_on(binary, IpAddr::V4(Ipv4Addr::LOCALHOST), args)
+    }
+
+    /// A fresh chain listening on `host` only (e.g. a test bed's private bridge, which its pods
+    /// reach), on a port anvil picks.
+    pub fn start_on(binary: &Path, host: IpAddr, args: &[&str]) -> Result<Anvil, AnvilError> {
         let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
-        let (child, port, dev_keys) = spawn(binary, 0, &args)?;
+        let (child, port, dev_keys) = spawn(binary, host, 0, &args)?;
         Ok(Anvil {
             binary: binary.to_path_buf(),
+            host,
             args,
             child,
             port,
@@ -85,7 +94,7 @@ impl Anvil {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", SocketAddr::new(self.host, self.port))
     }
 
     /// Stops anvil the way a node is stopped (SIGTERM, so `--state` is written) and waits.
@@ -103,7 +112,7 @@ impl Anvil {
 
     /// Starts anvil again on the same port with the same arguments.
     pub fn restart(&mut self) -> Result<(), AnvilError> {
-        let (child, port, _) = spawn(&self.binary, self.port, &self.args)?;
+        let (child, port, _) = spawn(&self.binary, self.host, self.port, &self.args)?;
         self.child = child;
         if port != self.port {
             return Err(AnvilError::PortChanged {
@@ -123,15 +132,16 @@ impl Drop for Anvil {
     }
 }
 
-/// Starts anvil on `port` (0: its choice) and reads from its banner the development keys and the
-/// port it listens on.
+/// Starts anvil on `host` and `port` (0: its choice) and reads from its banner the development keys
+/// and the port it listens on.
 fn spawn(
     binary: &Path,
+    host: IpAddr,
     port: u16,
     args: &[String],
 ) -> Result<(Child, u16, Vec<String>), AnvilError> {
     let mut child = Command::new(binary)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--host", &host.to_string(), "--port", &port.to_string()])
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
