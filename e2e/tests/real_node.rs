@@ -15,7 +15,7 @@ use swarm_e2e::kubelet::host_path_volume;
 use swarm_e2e::testbed::{create_ledger_secret, create_model_volume};
 use swarm_e2e::*;
 use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
-use swarm_node::report::NodeEvent;
+use swarm_node::report::{NodeEvent, Started};
 use swarm_operator::api::SwarmMember;
 
 const SWARM: &str = "containers";
@@ -352,11 +352,31 @@ async fn missing_images_and_a_crashing_node_show_in_the_member_status() {
     }
 }
 
+/// The `started` report of the node now running in `pod`, from its log through the API server.
+fn node_started(f: &Fixture, pod: &str) -> Result<Started, String> {
+    let output = f.env.try_run(
+        &f.env.kubectl,
+        &["logs", "-n", &f.ns.name, pod, "-c", "node"],
+    );
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<NodeEvent>(l).ok())
+        .find_map(|e| match e {
+            NodeEvent::Started(started) => Some(started),
+            _ => None,
+        })
+        .ok_or_else(|| "the node has not started yet".to_owned())
+}
+
 /// A member's container killed on the node: the kubelet starts it again in the same pod, and the
-/// node resumes from the checkpoint on its claim. The claim is bound to a folder the node's uid
+/// node resumes from the checkpoint on its claim; its pod deleted, the new one does the same, with
+/// the member's identity. The claim is bound to a folder the node's uid
 /// owns, as a local-path provisioner would make it (the test bed has no provisioner yet).
 #[tokio::test]
-async fn a_killed_container_restarts_in_its_pod_and_resumes_from_its_checkpoint() {
+async fn a_killed_node_and_a_deleted_pod_resume_from_the_checkpoint_on_the_claim() {
     let real = RealNode::from_env();
     let f = Fixture::new("real-node-restart", &[]).await;
     create_model_volume(&f).await;
@@ -460,16 +480,9 @@ async fn a_killed_container_restarts_in_its_pod_and_resumes_from_its_checkpoint(
             if restarts < 1 {
                 return Err("not restarted yet".to_owned());
             }
-            let log = f
-                .env
-                .kubectl(&["logs", "-n", &f.ns.name, "resume-0", "-c", "node"]);
-            log.lines()
-                .filter_map(|l| serde_json::from_str::<NodeEvent>(l).ok())
-                .find_map(|e| match e {
-                    NodeEvent::Started(started) => Some(started.resumed_from),
-                    _ => None,
-                })
-                .ok_or_else(|| format!("restarted {restarts} times, not started yet"))
+            node_started(&f, "resume-0")
+                .map(|started| started.resumed_from)
+                .map_err(|e| format!("restarted {restarts} times: {e}"))
         },
     )
     .await;
@@ -479,6 +492,46 @@ async fn a_killed_container_restarts_in_its_pod_and_resumes_from_its_checkpoint(
     assert!(
         resumed.is_some_and(|round| round >= checkpoint),
         "resumed from {resumed:?}, the claim had round {checkpoint}"
+    );
+
+    // The pod deleted: the operator makes a new one, which runs with the member's identity and
+    // resumes from the same claim.
+    let peer_id = f
+        .api::<SwarmMember>()
+        .get("resume-0")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.peer_id)
+        .unwrap();
+    let latest = saved().unwrap();
+    pods.delete("resume-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let started = wait_for(
+        &f.env,
+        &f.ns.name,
+        &[&operator],
+        "a new pod for resume-0, started from the claim",
+        SETTLE,
+        || async {
+            let now = pods.get_opt("resume-0").await.map_err(|e| e.to_string())?;
+            match now {
+                Some(now) if now.metadata.uid != pod.metadata.uid => node_started(&f, "resume-0"),
+                _ => Err("the old pod is still there, or none yet".to_owned()),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "the new pod's node: {} resumed from {:?} (the claim had round {latest})",
+        started.peer_id, started.resumed_from
+    );
+    assert_eq!(started.peer_id, peer_id, "the member's identity");
+    assert!(
+        started.resumed_from.is_some_and(|round| round >= latest),
+        "resumed from {:?}, the claim had round {latest}",
+        started.resumed_from
     );
 }
 
