@@ -25,6 +25,25 @@ pub const ROUND_SECONDS: u32 = 6;
 /// Waits for training progress: a few rounds, with room for a loaded machine.
 pub const TRAINING: Duration = Duration::from_secs(180);
 
+/// A Swarm spec's `model` and `training` for the tests' tiny model on the `tiny-model` claim
+/// ([`create_model_volume`]): rounds small enough for several members on two shared cores.
+pub const TINY_MODEL_AND_TRAINING: &str = "  model:
+    source:
+      pvc: {claimName: tiny-model}
+    dtype: f32
+  training:
+    questionsPerRound: 4
+    localRollouts: 2
+    externalRollouts: 4
+    completionsPerQuestion: 4
+    learningRate: 5.0e-4
+    maxNewTokens: 16
+    microBatchSize: 64
+    seed: 7
+    difficulty: 1
+    tasks: [{family: basic_arithmetic}]
+";
+
 /// Everything the scenarios run on: the chart's namespace, anvil, a collector, the kubelet
 /// harness and the operator.
 pub struct Testbed {
@@ -77,22 +96,7 @@ spec:
   member:
     resources:
       requests: {{cpu: 100m, memory: 512Mi}}
-  model:
-    source:
-      pvc: {{claimName: tiny-model}}
-    dtype: f32
-  training:
-    questionsPerRound: 4
-    localRollouts: 2
-    externalRollouts: 4
-    completionsPerQuestion: 4
-    learningRate: 5.0e-4
-    maxNewTokens: 16
-    microBatchSize: 64
-    seed: 7
-    difficulty: 1
-    tasks: [{{family: basic_arithmetic}}]
-  rounds:
+{TINY_MODEL_AND_TRAINING}  rounds:
     durationSeconds: {ROUND_SECONDS}
   checkpoints:
     size: 1Gi

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use swarm_e2e::collector::Collector;
 use swarm_e2e::kubelet::host_path_volume;
-use swarm_e2e::testbed::{create_ledger_secret, create_model_volume};
+use swarm_e2e::testbed::{TINY_MODEL_AND_TRAINING, create_ledger_secret, create_model_volume};
 use swarm_e2e::*;
 use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
 use swarm_node::report::{NodeEvent, Started};
@@ -42,22 +42,7 @@ spec:
     env:
     - {{name: SWARM_TORCH_THREADS, value: "1"}}
 {env}
-  model:
-    source:
-      pvc: {{claimName: tiny-model}}
-    dtype: f32
-  training:
-    questionsPerRound: 4
-    localRollouts: 2
-    externalRollouts: 4
-    completionsPerQuestion: 4
-    learningRate: 5.0e-4
-    maxNewTokens: 16
-    microBatchSize: 64
-    seed: 7
-    difficulty: 1
-    tasks: [{{family: basic_arithmetic}}]
-  rounds:
+{TINY_MODEL_AND_TRAINING}  rounds:
     durationSeconds: 6
 "#
     )
