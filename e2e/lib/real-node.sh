@@ -17,6 +17,10 @@
 #   listens on the bridge address, its healthz on loopback, CoreDNS on the bridge address only.
 # - the node is tainted `rlswarm.dev/real-node=true:NoSchedule`, so only pods that ask for it (and
 #   tolerate it) run as containers; everything else stays on the kwok nodes.
+# - ClusterIP Services (the `kubernetes` one for a pod that talks to the API, as the operator does):
+#   kube-proxy (iptables mode) on the host, a route to the Service range via the host in every pod, and
+#   the API server advertised at the bridge address, where socat forwards to its loopback listener
+#   (it binds 127.0.0.1 only; kwokctl's config sets the advertised address, e2e/bin/cluster).
 
 REAL_NODE_TAINT_KEY=rlswarm.dev/real-node
 # Test-network range (RFC 2544), visibly apart from real private networks; one /24 per cluster name,
@@ -32,6 +36,8 @@ real_node_vars() {
   REAL_BRIDGE="rlso$(cksum <<<"$NAME" | cut -d' ' -f1 | cut -c1-8)"
   REAL_CGROUP_ROOT="/rlso-$NAME"
   CONTAINERD_SOCK="$REAL_DIR/containerd/containerd.sock"
+  # kwokctl's Service range (the `kubernetes` Service is 10.0.0.1).
+  SERVICE_CIDR=10.0.0.0/24
 }
 
 # A TCP port nobody listens on now (the kernel's pick).
@@ -83,6 +89,7 @@ real_node_network_up() {
       "ipam": {
         "type": "host-local",
         "ranges": [[{"subnet": "$REAL_SUBNET", "rangeStart": "${REAL_HOST_IP%.1}.10", "rangeEnd": "${REAL_HOST_IP%.1}.250"}]],
+        "routes": [{"dst": "$SERVICE_CIDR", "gw": "$REAL_HOST_IP"}],
         "dataDir": "$REAL_DIR/cni/ipam"
       }
     },
@@ -245,9 +252,42 @@ EOF
 
 dns_listening() { ss -Hlun "src $REAL_HOST_IP:53" | grep -q .; }
 
+# The API server's port, from the kubeconfig kwokctl wrote.
+api_port() { sed -n 's|^ *server: https://127.0.0.1:\([0-9]*\).*|\1|p' "$KUBECONFIG_PATH" | head -1; }
+
+real_node_services_up() {
+  local port d="$REAL_DIR/kube-proxy"
+  port=$(api_port)
+  [[ -n "$port" ]] || die "no API server port in $KUBECONFIG_PATH"
+  start_daemon apiserver-forward socat "TCP-LISTEN:$port,bind=$REAL_HOST_IP,fork,reuseaddr" "TCP:127.0.0.1:$port"
+  mkdir -p "$d"
+  cat > "$d/config.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $KUBECONFIG_PATH
+hostnameOverride: $REAL_NODE_NAME
+mode: iptables
+clusterCIDR: $REAL_SUBNET
+detectLocalMode: ClusterCIDR
+# NodePorts only on the bridge; nothing on the machine's own interfaces.
+nodePortAddresses: [$REAL_HOST_IP/32]
+healthzBindAddress: 127.0.0.1:$(free_port)
+metricsBindAddress: 127.0.0.1:$(free_port)
+# Leave the machine's conntrack table size alone (the VM may not allow changing it).
+conntrack:
+  maxPerCore: 0
+EOF
+  start_daemon kube-proxy "$(bin kubernetes kube-proxy)" --config "$d/config.yaml"
+  wait_for 30 "kube-proxy's rules for the kubernetes Service" kube_proxy_synced
+}
+
+kube_proxy_synced() { iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q 'default/kubernetes'; }
+
 real_node_up() {
   real_node_vars
   [[ -r "$IMAGES_LIST" ]] || die "no image list at $IMAGES_LIST (scripts/build-oci-images writes it)"
+  "$E2E_DIR/../scripts/install-debian-packages" socat conntrack iptables
   PAUSE_IMAGE=$(awk '$1 == "image" && $2 ~ /\/pause:/ { print $2; exit }' "$IMAGES_LIST")
   [[ -n "$PAUSE_IMAGE" ]] || die "no pause image in $IMAGES_LIST"
   local start=$SECONDS
@@ -257,7 +297,24 @@ real_node_up() {
   real_node_images_up
   real_pid_alive coredns || real_node_dns_up
   real_pid_alive kubelet || real_node_kubelet_up
+  # After the kubelet: kube-proxy waits for its Node to exist.
+  real_pid_alive kube-proxy || real_node_services_up
   log "real node $REAL_NODE_NAME Ready in $((SECONDS - start))s (bridge $REAL_BRIDGE $REAL_HOST_IP, DNS $REAL_HOST_IP)"
+}
+
+# The chains the kubelet adds to the host's tables (IPv4 and IPv6): its canaries and mode hint, and
+# KUBE-FIREWALL (which drops traffic to 127/8 from other addresses). The next kubelet makes them again.
+kubelet_chains_down() {
+  local cmd table chain
+  for cmd in iptables ip6tables; do
+    while "$cmd" -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$cmd" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$cmd" -t "$table" -F "$chain" 2>/dev/null && "$cmd" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
 }
 
 real_node_down() {
@@ -276,6 +333,11 @@ real_node_down() {
     for id in $(ctr_k8s containers list -q 2>/dev/null); do ctr_k8s containers delete "$id" >/dev/null 2>&1 || true; done
   fi
   stop_daemon coredns
+  stop_daemon kube-proxy
+  # Its rules in the host's nat and filter tables go with it.
+  [[ ! -f "$REAL_DIR/kube-proxy/config.yaml" ]] || "$(bin kubernetes kube-proxy)" --cleanup >/dev/null 2>&1 || true
+  stop_daemon apiserver-forward
+  kubelet_chains_down
   stop_daemon containerd
   # Shims outlive containerd by design; those of this node are known by their socket dir.
   pkill -9 -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true

@@ -50,7 +50,8 @@ tool_binaries() {
       kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
       kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
       kubectl=k8s.io/kubernetes/cmd/kubectl \
-      kubelet=k8s.io/kubernetes/cmd/kubelet ;;
+      kubelet=k8s.io/kubernetes/cmd/kubelet \
+      kube-proxy=k8s.io/kubernetes/cmd/kube-proxy ;;
     etcd) echo etcd=go.etcd.io/etcd/server/v3 ;;
     kwok) printf '%s\n' kwok=sigs.k8s.io/kwok/cmd/kwok kwokctl=sigs.k8s.io/kwok/cmd/kwokctl ;;
     helm) echo helm=helm.sh/helm/v4/cmd/helm ;;

@@ -622,3 +622,81 @@ async fn members_on_the_real_node_record_rounds_on_the_ledger_and_export_telemet
     )
     .await;
 }
+
+/// The operator itself as a pod of its image, installed by the chart (unchanged, with values) onto
+/// the real node: it reaches the API server through the `kubernetes` Service (kube-proxy, CoreDNS)
+/// and runs a Swarm whose members are containers there too.
+#[tokio::test]
+async fn the_operator_runs_as_a_pod_of_its_image_and_runs_a_swarm() {
+    let real = RealNode::from_env();
+    let selector = format!("nodeSelector.kubernetes\\.io/hostname={}", real.node);
+    let toleration = format!(
+        r#"tolerations=[{{"key":"{REAL_NODE_TAINT}","operator":"Exists","effect":"NoSchedule"}}]"#
+    );
+    // `helm install --wait`: returns once the operator's pod is Ready by its own probe.
+    let f = Fixture::new(
+        "real-node-operator",
+        &[
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            &selector,
+            "--set-json",
+            &toleration,
+        ],
+    )
+    .await;
+    create_model_volume(&f).await;
+    f.apply_yaml(&swarm_yaml(
+        "in-cluster",
+        2,
+        &real.node,
+        &real.node_image,
+        "",
+    ));
+    f.wait_ready("in-cluster", 2, &[]).await;
+
+    let operators: Vec<Pod> = f
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app.kubernetes.io/name=swarm-operator"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(operators.len(), 1);
+    let pod = &operators[0];
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(real.node.as_str())
+    );
+    let container = &pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert!(container.ready, "{container:?}");
+    let id = container
+        .container_id
+        .as_deref()
+        .unwrap()
+        .strip_prefix("containerd://")
+        .unwrap();
+    let facts = container_process(id);
+    eprintln!(
+        "operator pod {} on {}: {facts:?}",
+        pod.name_any(),
+        real.node
+    );
+    assert_eq!(facts.uid, "65532 65532 65532 65532", "{facts:?}");
+    assert_eq!(
+        facts.effective_capabilities, "0000000000000000",
+        "{facts:?}"
+    );
+    assert!(
+        facts.root_mount_options.split(',').any(|o| o == "ro"),
+        "{facts:?}"
+    );
+}
