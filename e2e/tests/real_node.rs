@@ -62,6 +62,21 @@ struct ProcessFacts {
     writable_mounts: Vec<String>,
 }
 
+/// The process of `pod`'s (first) container.
+fn pod_process(pod: &Pod) -> ProcessFacts {
+    let status = pod.status.as_ref().expect("a pod status");
+    let container = &status
+        .container_statuses
+        .as_ref()
+        .expect("container statuses")[0];
+    let id = container
+        .container_id
+        .as_deref()
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .unwrap_or_else(|| panic!("no containerd container id: {container:?}"));
+    container_process(id)
+}
+
 /// The process whose cgroup path ends in the container's id (the kubelet's cgroupfs layout:
 /// `<cgroupRoot>/kubepods/<qos>/pod<uid>/<container id>`).
 fn container_process(container_id: &str) -> ProcessFacts {
@@ -157,14 +172,7 @@ async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
             "{name}: pod IP {ip} not on the bridge's subnet {}",
             real.subnet_prefix
         );
-        let container = &status.container_statuses.as_ref().unwrap()[0];
-        let id = container
-            .container_id
-            .as_deref()
-            .unwrap()
-            .strip_prefix("containerd://")
-            .unwrap();
-        let facts = container_process(id);
+        let facts = pod_process(pod);
         eprintln!("{name}: on {}, ip {ip}, {facts:?}", real.node);
         assert_eq!(facts.uid, "65532 65532 65532 65532", "{name}: {facts:?}");
         assert_eq!(facts.gid, "65532 65532 65532 65532", "{name}: {facts:?}");
@@ -423,21 +431,8 @@ async fn a_killed_node_and_a_deleted_pod_resume_from_the_checkpoint_on_the_claim
 
     let pods = f.api::<Pod>();
     let pod = pods.get("resume-0").await.unwrap();
-    let container = &pod
-        .status
-        .as_ref()
-        .unwrap()
-        .container_statuses
-        .as_ref()
-        .unwrap()[0];
-    let id = container
-        .container_id
-        .as_deref()
-        .unwrap()
-        .strip_prefix("containerd://")
-        .unwrap();
     let killed = std::process::Command::new("kill")
-        .args(["-KILL", &container_process(id).pid.to_string()])
+        .args(["-KILL", &pod_process(&pod).pid.to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -678,13 +673,7 @@ async fn the_operator_runs_as_a_pod_of_its_image_and_runs_a_swarm() {
         .as_ref()
         .unwrap()[0];
     assert!(container.ready, "{container:?}");
-    let id = container
-        .container_id
-        .as_deref()
-        .unwrap()
-        .strip_prefix("containerd://")
-        .unwrap();
-    let facts = container_process(id);
+    let facts = pod_process(pod);
     eprintln!(
         "operator pod {} on {}: {facts:?}",
         pod.name_any(),
