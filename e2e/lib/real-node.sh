@@ -4,7 +4,7 @@
 # cluster's names. Every binary is built by e2e/bin/build-tools from the pinned modules; the images
 # are built by scripts/build-oci-images and imported (no registry is reachable, none is needed).
 #
-# What this VM needs, and why (see also /work/shared/REAL-KUBELET.md in the project's notes):
+# What this VM needs, and why (the table in e2e/README.md, "The real node", says the same):
 # - cgroup v1 hierarchies: kubelet 1.36 refuses them unless `failCgroupV1: false`; `cgroupfs` driver
 #   (no systemd here) under a cgroup root of the node's own, made in every hierarchy first.
 # - no CAP_SYS_RESOURCE: the sandbox may not lower its own oom_score_adj, so containerd runs with
@@ -13,7 +13,8 @@
 #   pods use `imagePullPolicy: Never` on imported images.
 # - kwok must leave this node alone: its controller runs with `--manage-all-nodes=false` and an
 #   annotation selector that only the fake nodes carry (e2e/bin/cluster's kwokctl config).
-# - nothing leaves the machine: the bridge is no gateway, no masquerade, no forwarding; the kubelet
+# - nothing leaves the machine: no masquerade, no forwarding (pods route only the Service range to the
+#   host, where kube-proxy rewrites it to the API server on the bridge); the kubelet
 #   listens on the bridge address, its healthz on loopback, CoreDNS on the bridge address only.
 # - the node is tainted `rlswarm.dev/real-node=true:NoSchedule`, so only pods that ask for it (and
 #   tolerate it) run as containers; everything else stays on the kwok nodes.
