@@ -1,10 +1,12 @@
 //! Harness for end-to-end tests against the control plane `e2e/bin/cluster up` starts: the chart
 //! installed with the real helm, the operator run as a local process under the chart's
-//! ServiceAccount, each test in a fresh namespace, and waits that explain themselves on timeout.
+//! ServiceAccount or as a pod of its image on the real node, each test in a fresh namespace, and
+//! waits that explain themselves on timeout.
 
 pub mod collector;
+pub mod containers;
 mod fixture;
-pub mod kubelet;
+pub mod provisioner;
 pub mod testbed;
 
 pub use fixture::{Fixture, SETTLE};
@@ -28,7 +30,6 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     pub helm: PathBuf,
     pub kubectl: PathBuf,
-    pub operator: PathBuf,
     pub root: PathBuf,
 }
 
@@ -38,7 +39,7 @@ fn required(var: &str) -> PathBuf {
         None => panic!(
             "{var} is not set: run the end-to-end tests through scripts/test (or e2e/bin/test), which \
              brings the control plane up and sets E2E_KUBECONFIG, E2E_HELM, E2E_KUBECTL, E2E_OPERATOR_BIN, \
-             E2E_NODE_BIN, E2E_OTELCOL and the real node's E2E_REAL_NODE, E2E_NODE_IMAGE and \
+             E2E_OTELCOL and the real node's E2E_REAL_NODE, E2E_NODE_IMAGE and \
              E2E_REAL_NODE_SUBNET_PREFIX"
         ),
     }
@@ -54,14 +55,13 @@ impl Env {
             kubeconfig: required("E2E_KUBECONFIG"),
             helm: required("E2E_HELM"),
             kubectl: required("E2E_KUBECTL"),
-            operator: required("E2E_OPERATOR_BIN"),
             root: Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
         }
     }
 
-    /// The `swarm-node` binary the kubelet harness runs for member pods.
-    pub fn node_binary(&self) -> PathBuf {
-        required("E2E_NODE_BIN")
+    /// The operator binary the scenarios run as a local process.
+    pub fn operator_binary(&self) -> PathBuf {
+        required("E2E_OPERATOR_BIN")
     }
 
     /// The OpenTelemetry Collector built from `e2e/tools/otelcol`.
@@ -147,6 +147,23 @@ impl RealNode {
         format!("{}1", self.subnet_prefix)
             .parse()
             .expect("the bridge's host address")
+    }
+
+    /// Chart values (helm arguments) that run the operator as a pod of its image on this node: one
+    /// replica, the image imported into containerd (no registry), scheduled there.
+    pub fn operator_release_values(&self) -> Vec<String> {
+        vec![
+            "--set".into(),
+            "replicaCount=1".into(),
+            "--set".into(),
+            "image.pullPolicy=Never".into(),
+            "--set".into(),
+            format!("nodeSelector.kubernetes\\.io/hostname={}", self.node),
+            "--set-json".into(),
+            format!(
+                r#"tolerations=[{{"key":"{REAL_NODE_TAINT}","operator":"Exists","effect":"NoSchedule"}}]"#
+            ),
+        ]
     }
 
     pub fn from_env() -> Self {
@@ -327,7 +344,8 @@ impl OperatorProcess {
         let admin_port = free_port();
         let log = options.log_dir.join(format!("{}.log", options.name));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let mut command = Command::new(&env.operator);
+        let binary = env.operator_binary();
+        let mut command = Command::new(&binary);
         command
             .arg(format!("--watch-namespace={}", options.namespace))
             .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
@@ -351,7 +369,7 @@ impl OperatorProcess {
         }
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env.operator.display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         Self {
             child,
             admin_port,

@@ -1,8 +1,9 @@
-//! The whole path: helm install, the operator scheduling member pods on the test control plane,
-//! the kubelet harness running each pod's `swarm-node` (its args, env, Secret and ConfigMap), the
-//! members training real rounds over libp2p and recording them on an anvil chain, traces and
-//! metrics reaching a real OpenTelemetry Collector; then scaling, deleting a pod, and a soak with
-//! faults injected.
+//! The whole path on real pods: helm install runs the operator as a pod of its image on the real
+//! node; the real scheduler puts its member pods there, and containerd and runc run them from the
+//! node image (its args, env, Secret, ConfigMap and claims, its probes); the members find each other
+//! by the headless Service's DNS names, train real rounds over libp2p and record them on an anvil
+//! chain, traces and metrics reaching a real OpenTelemetry Collector; then scaling, deleting a pod,
+//! and a soak with faults injected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +12,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::DeleteParams;
-use swarm_e2e::http_get;
+use swarm_e2e::containers::pod_process;
 use swarm_e2e::testbed::*;
+use swarm_e2e::{SETTLE, http_get};
 use swarm_ledger::Address;
 use swarm_operator::api::Swarm;
 
@@ -27,8 +29,8 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     bed.wait_registered().await;
     let ledger = bed.ledger().await;
     for member in bed.f.members().await {
+        let running = bed.instance(&member.name_any()).await.unwrap();
         let status = member.status.unwrap();
-        let running = newest(&bed.kubelet, &member.metadata.name.clone().unwrap());
         assert_eq!(
             running.starts()[0].peer_id,
             status.peer_id.clone().unwrap(),
@@ -84,9 +86,9 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     let swarm: Swarm = bed.f.api::<Swarm>().get(SWARM).await.unwrap();
     assert!(swarm.status.unwrap().round.is_some(), "the Swarm's ROUND");
 
-    // The node's own /metrics, on its pod address, agrees with what it reported.
-    let first = newest(&bed.kubelet, &format!("{SWARM}-0"));
-    let admin = first.starts()[0].metrics.clone().unwrap();
+    // The node's own /metrics, on its pod address on the bridge, agrees with what it reported.
+    let first = bed.instance(&format!("{SWARM}-0")).await.unwrap();
+    let admin = first.metrics_address().unwrap();
     let metrics = http_get(&admin, "/metrics")
         .await
         .expect("the node's /metrics");
@@ -102,18 +104,20 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     bed.wait_training_together(6).await;
     bed.wait_registered().await;
 
-    // Scale to 3: the removed members stop and leave the ledger; the rest train on.
+    // Scale to 3: the removed members stop (their pods gone once the kubelet confirmed it) and
+    // leave the ledger; the rest train on.
     bed.f.scale(SWARM, 3);
     bed.wait_members(3).await;
     bed.wait_registered().await;
+    let left = pods_of(&bed.f.client, &bed.f.ns.name).await.unwrap();
     for pod in [3, 4, 5].map(|i| format!("{SWARM}-{i}")) {
-        assert!(!newest(&bed.kubelet, &pod).running, "{pod} still runs");
+        assert!(!left.contains_key(&pod), "{pod} is still there");
     }
     bed.wait_training_together(3).await;
 
     // A deleted pod comes back with the same identity and resumes from its checkpoint.
     let victim = format!("{SWARM}-1");
-    let before = newest(&bed.kubelet, &victim);
+    let before = bed.instance(&victim).await.unwrap();
     let checkpointed = before
         .rounds()
         .iter()
@@ -132,7 +136,7 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
             &format!("{victim} to run again from its checkpoint and record a round"),
             TRAINING,
             || async {
-                let instance = newest(&bed.kubelet, &victim);
+                let instance = bed.instance(&victim).await?;
                 let resumed = instance.starts().first().and_then(|s| s.resumed_from);
                 let recorded = instance
                     .rounds()
@@ -141,7 +145,11 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
                 if instance.uid != before.uid && instance.running && resumed.is_some() && recorded {
                     Ok(instance)
                 } else {
-                    Err((instance.rounds().len(), instance.uid, resumed))
+                    Err(format!(
+                        "{} rounds, uid {}, resumed from {resumed:?}",
+                        instance.rounds().len(),
+                        instance.uid
+                    ))
                 }
             },
         )
@@ -149,9 +157,10 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
     let started = after.starts()[0].clone();
     assert_eq!(started.peer_id, before.starts()[0].peer_id);
     let resumed = started.resumed_from.unwrap();
+    // On SIGTERM the node finishes the round in progress (and checkpoints it) before it stops.
     assert!(
-        (checkpointed..=last_before).contains(&resumed),
-        "resumed from {resumed}, checkpointed {checkpointed}..={last_before} before"
+        (checkpointed..=last_before + 1).contains(&resumed),
+        "resumed from {resumed}, checkpointed {checkpointed}..={last_before} before the deletion"
     );
     assert!(after.rounds().iter().all(|r| r.round > resumed));
     bed.wait_registered().await;
@@ -201,7 +210,7 @@ async fn a_swarm_trains_on_the_ledger_scales_and_survives_a_deleted_pod() {
         },
     )
     .await;
-    println!("{}", bed.summary());
+    println!("{}", bed.summary().await);
 }
 
 /// The (service, name) pairs of `wanted` that are not among those `exported`.
@@ -236,34 +245,36 @@ impl Choices {
 /// every live member is registered exactly once, no member has two submissions for one round, and
 /// the Swarm's status matches the members, pods and processes.
 /// A hub model: each member pod's `fetch-model` init container downloads it, from the stand-in Hub
-/// the member template's `HF_ENDPOINT` names, into the member's checkpoint volume; the node trains
-/// on it; a replaced pod finds it there and downloads nothing.
+/// the member template's `HF_ENDPOINT` names (on the bridge), into the member's checkpoint volume;
+/// the node trains on it; a replaced pod finds it there and downloads nothing.
 #[tokio::test]
 async fn members_train_on_a_hub_model_their_init_container_downloads_once() {
-    use swarm_hub::test_server::{TAGGED_COMMIT, serve};
-    let hub = serve();
+    use swarm_hub::test_server::{TAGGED_COMMIT, serve_on};
     let bed = Testbed::new("hub").await;
+    let hub = serve_on(bed.real.host_ip());
     let yaml = bed
-        .swarm_yaml(2)
+        .swarm_yaml_with_env(
+            2,
+            &format!("    - {{name: HF_ENDPOINT, value: \"{}\"}}", hub.endpoint),
+        )
         .replace(
             "      pvc: {claimName: tiny-model}\n",
             "      hub: {id: tests/learning-base, revision: v1}\n",
-        )
-        .replace(
-            "      requests: {cpu: 100m, memory: 512Mi}\n",
-            &format!(
-                "      requests: {{cpu: 100m, memory: 512Mi}}\n    env: [{{name: HF_ENDPOINT, value: \"{}\"}}]\n",
-                hub.endpoint
-            ),
         );
     assert!(yaml.contains("tests/learning-base") && yaml.contains("HF_ENDPOINT"));
     bed.f.apply_yaml(&yaml);
     bed.wait_members(2).await;
     bed.wait_training_together(2).await;
-    for (pod, instance) in bed.kubelet.running() {
-        let message =
-            std::fs::read_to_string(instance.root.join("fetch-model.termination-log")).unwrap();
-        assert_eq!(message, format!("commit {TAGGED_COMMIT}"), "{pod}");
+    let pods = pods_of(&bed.f.client, &bed.f.ns.name).await.unwrap();
+    for (pod, instance) in bed.running().await.unwrap() {
+        // The init container's termination message, as the kubelet reports it.
+        let message = pods[&pod]
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|all| all.iter().find(|c| c.name == "fetch-model"))
+            .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone());
+        assert_eq!(message, Some(format!("commit {TAGGED_COMMIT}")), "{pod}");
         let log = instance.log_tail(200);
         assert!(
             log.contains("hub model ready") && log.contains(TAGGED_COMMIT),
@@ -274,12 +285,32 @@ async fn members_train_on_a_hub_model_their_init_container_downloads_once() {
             "the node found it: {log}"
         );
     }
+    // The operator read the commit from the init container's termination message.
+    bed.wait(
+        "every member's status to name the model's commit",
+        SETTLE,
+        || async {
+            let commits: Vec<Option<String>> = bed
+                .f
+                .members()
+                .await
+                .into_iter()
+                .map(|m| m.status.and_then(|s| s.model_commit))
+                .collect();
+            if commits.len() == 2 && commits.iter().all(|c| c.as_deref() == Some(TAGGED_COMMIT)) {
+                Ok(())
+            } else {
+                Err(commits)
+            }
+        },
+    )
+    .await;
     let downloads =
         |hub: &swarm_hub::test_server::FakeHub| hub.log.lock().unwrap().weight_ranges.len();
     assert_eq!(downloads(&hub), 2, "one download per member");
 
     let victim = format!("{SWARM}-0");
-    let before = newest(&bed.kubelet, &victim).uid;
+    let before = bed.instance(&victim).await.unwrap().uid;
     bed.f
         .api::<Pod>()
         .delete(&victim, &DeleteParams::default())
@@ -289,7 +320,7 @@ async fn members_train_on_a_hub_model_their_init_container_downloads_once() {
         &format!("{victim} to run again and train"),
         TRAINING,
         || async {
-            let instance = newest(&bed.kubelet, &victim);
+            let instance = bed.instance(&victim).await?;
             if instance.uid != before && instance.running && !instance.rounds().is_empty() {
                 Ok(())
             } else {
@@ -345,7 +376,7 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
                 pod_deletions += 1;
             }
         } else {
-            bed.restart_operator();
+            bed.restart_operator().await;
             operator_restarts += 1;
         }
     }
@@ -353,8 +384,9 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
     // Settled: every member back, training together and recording again.
     bed.wait_members(replicas).await;
     let recorded_before: BTreeMap<String, u64> = bed
-        .kubelet
         .running()
+        .await
+        .unwrap()
         .into_iter()
         .map(|(pod, i)| {
             (
@@ -371,8 +403,9 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
         TRAINING,
         || async {
             let behind: Vec<String> = bed
-                .kubelet
                 .running()
+                .await
+                .map_err(|e| vec![e])?
                 .into_iter()
                 .filter(|(pod, i)| {
                     let now = i
@@ -394,9 +427,9 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
     .await;
     let mut checked = 0;
 
-    // No two live members share an identity, and each process runs the identity of its member.
+    // No two live members share an identity, and each node runs the identity of its member.
     let members = bed.f.members().await;
-    let running = bed.kubelet.running();
+    let running = bed.running().await.unwrap();
     let mut peer_ids = BTreeSet::new();
     let mut addresses = BTreeSet::new();
     for member in &members {
@@ -413,7 +446,7 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
         );
         let process = running
             .get(&name)
-            .unwrap_or_else(|| panic!("no process for {name}"));
+            .unwrap_or_else(|| panic!("no running node for {name}"));
         let starts = process.starts();
         assert_eq!(starts.last().unwrap().peer_id, peer_id, "{name}");
         checked += 3;
@@ -434,10 +467,10 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
     assert!(repeated.is_empty(), "submitted twice: {repeated:?}");
     checked += per_round.len();
 
-    // The Swarm's status matches the members, pods and processes.
+    // The Swarm's status matches the members, pods and the containers on the node.
     let swarm: Swarm = bed.f.api::<Swarm>().get(SWARM).await.unwrap();
     let status = swarm.status.clone().unwrap();
-    let pods = pods(&bed.f.client, &bed.f.ns.name).await;
+    let pods = pods_of(&bed.f.client, &bed.f.ns.name).await.unwrap();
     assert_eq!(status.replicas as usize, members.len());
     assert_eq!(status.ready_replicas as usize, pods.len());
     assert_eq!(running.len(), replicas);
@@ -448,18 +481,16 @@ async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_th
             member.status.as_ref().and_then(|s| s.pod.clone()),
             Some(name.clone())
         );
-        assert_eq!(
-            running[&name].uid,
-            pod.uid().unwrap(),
-            "{name} runs its current pod"
-        );
+        // Its container's process is alive on the node, as the pods' user.
+        let process = pod_process(pod);
+        assert!(process.uid.starts_with("65532 "), "{name}: {process:?}");
     }
     checked += 3 + 2 * members.len();
 
-    let instances = bed.kubelet.all_instances().len();
+    let started = bed.node_containers_started().await;
     println!(
         "soak: {seconds} s, seed {seed}: {pod_deletions} pod deletions, {operator_restarts} operator \
-         restarts, {anvil_restarts} anvil restart; {instances} member processes started in all; \
+         restarts, {anvil_restarts} anvil restart; {started} member node containers started in all; \
          {} member-round submissions on the chain; {checked} invariant checks passed",
         submissions.len()
     );

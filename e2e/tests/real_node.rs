@@ -7,131 +7,22 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use swarm_e2e::collector::Collector;
-use swarm_e2e::kubelet::host_path_volume;
-use swarm_e2e::testbed::{TINY_MODEL_AND_TRAINING, create_ledger_secret, create_model_volume};
+use swarm_e2e::containers::pod_process;
+use swarm_e2e::provisioner::{Provisioner, claim_folder};
+use swarm_e2e::testbed::{
+    NODE_CONTAINER, create_ledger_secret, create_model_volume, ledger_and_telemetry_yaml,
+    real_node_swarm_yaml,
+};
 use swarm_e2e::*;
-use swarm_ledger::anvil::{ANVIL_CHAIN_ID, Anvil, anvil_binary};
+use swarm_ledger::anvil::{Anvil, anvil_binary};
 use swarm_node::report::{NodeEvent, Started};
 use swarm_operator::api::SwarmMember;
 
 const SWARM: &str = "containers";
-
-/// A Swarm whose members run on the real node from `image`, with `env` (YAML list entries) added
-/// to the node's environment.
-fn swarm_yaml(name: &str, replicas: u32, node: &str, image: &str, env: &str) -> String {
-    format!(
-        r#"apiVersion: rlswarm.dev/v1alpha1
-kind: Swarm
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  member:
-    image: {image}
-    # Imported into containerd; there is no registry to pull from.
-    imagePullPolicy: Never
-    nodeSelector: {{kubernetes.io/hostname: {node}}}
-    tolerations:
-    - {{key: {REAL_NODE_TAINT}, operator: Exists, effect: NoSchedule}}
-    resources:
-      requests: {{cpu: 100m, memory: 256Mi}}
-    env:
-    - {{name: SWARM_TORCH_THREADS, value: "1"}}
-{env}
-{TINY_MODEL_AND_TRAINING}  rounds:
-    durationSeconds: 6
-"#
-    )
-}
-
-/// What the kernel says about a container's main process.
-#[derive(Debug)]
-struct ProcessFacts {
-    pid: u32,
-    uid: String,
-    gid: String,
-    effective_capabilities: String,
-    no_new_privs: String,
-    seccomp: String,
-    root_mount_options: String,
-    /// Mount points in the container's mount namespace that are mounted read-write.
-    writable_mounts: Vec<String>,
-}
-
-/// The process of `pod`'s (first) container.
-fn pod_process(pod: &Pod) -> ProcessFacts {
-    let status = pod.status.as_ref().expect("a pod status");
-    let container = &status
-        .container_statuses
-        .as_ref()
-        .expect("container statuses")[0];
-    let id = container
-        .container_id
-        .as_deref()
-        .and_then(|id| id.strip_prefix("containerd://"))
-        .unwrap_or_else(|| panic!("no containerd container id: {container:?}"));
-    container_process(id)
-}
-
-/// The process whose cgroup path ends in the container's id (the kubelet's cgroupfs layout:
-/// `<cgroupRoot>/kubepods/<qos>/pod<uid>/<container id>`).
-fn container_process(container_id: &str) -> ProcessFacts {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
-            continue;
-        };
-        if !cgroup
-            .lines()
-            .any(|l| l.contains(":memory:") && l.ends_with(container_id))
-        {
-            continue;
-        }
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}:")))
-                .unwrap_or_default()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        // Its mount namespace: mount point (field 5) and mount options (field 6) of each mount.
-        let mountinfo = std::fs::read_to_string(entry.path().join("mountinfo")).unwrap();
-        let mounts: Vec<(String, String)> = mountinfo
-            .lines()
-            .map(|l| {
-                let fields: Vec<&str> = l.split(' ').collect();
-                (fields[4].to_owned(), fields[5].to_owned())
-            })
-            .collect();
-        let root_mount_options = mounts
-            .iter()
-            .find(|(point, _)| point == "/")
-            .map(|(_, options)| options.clone())
-            .unwrap_or_default();
-        let writable_mounts = mounts
-            .into_iter()
-            .filter(|(_, options)| options.split(',').any(|o| o == "rw"))
-            .map(|(point, _)| point)
-            .collect();
-        return ProcessFacts {
-            pid: entry.file_name().to_string_lossy().parse().unwrap(),
-            uid: field("Uid"),
-            gid: field("Gid"),
-            effective_capabilities: field("CapEff"),
-            no_new_privs: field("NoNewPrivs"),
-            seccomp: field("Seccomp"),
-            root_mount_options,
-            writable_mounts,
-        };
-    }
-    panic!("no process in a cgroup of container {container_id}");
-}
 
 #[tokio::test]
 async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
@@ -139,7 +30,13 @@ async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
     let f = Fixture::new("real-node", &[]).await;
     create_model_volume(&f).await;
     let operator = f.operator("operator", None);
-    f.apply_yaml(&swarm_yaml(SWARM, 2, &real.node, &real.node_image, ""));
+    f.apply_yaml(&real_node_swarm_yaml(
+        SWARM,
+        2,
+        &real.node,
+        &real.node_image,
+        "",
+    ));
     f.wait_ready(SWARM, 2, &[&operator]).await;
 
     let pods: BTreeMap<String, Pod> = f
@@ -233,16 +130,10 @@ async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
         || async {
             let mut missing = Vec::new();
             for name in &names {
-                let log = f
-                    .env
-                    .kubectl(&["logs", "-n", &f.ns.name, name, "-c", "node"]);
-                let from_peer = log
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<NodeEvent>(l).ok())
-                    .find_map(|e| match e {
-                        NodeEvent::Round(r) if r.external_peers >= 1 => Some(r),
-                        _ => None,
-                    });
+                let from_peer = node_events(&f, name)?.into_iter().find_map(|e| match e {
+                    NodeEvent::Round(r) if r.external_peers >= 1 => Some(r),
+                    _ => None,
+                });
                 match from_peer {
                     Some(r) => eprintln!(
                         "{name}: round {} trained on {} groups from {} peer(s)",
@@ -297,16 +188,18 @@ async fn missing_images_and_a_crashing_node_show_in_the_member_status() {
     create_model_volume(&f).await;
     let operator = f.operator("operator", None);
     let missing = format!("{}-missing", real.node_image);
-    f.apply_yaml(&swarm_yaml("no-image", 1, &real.node, &missing, ""));
+    f.apply_yaml(&real_node_swarm_yaml(
+        "no-image", 1, &real.node, &missing, "",
+    ));
     // A registry on a closed loopback port: the pull fails at once, nothing leaves the machine.
     let unpullable = "127.0.0.1:9/rl-swarm-operator/swarm-node:0.1.0-cpu";
     f.apply_yaml(
-        &swarm_yaml("no-registry", 1, &real.node, unpullable, "")
+        &real_node_swarm_yaml("no-registry", 1, &real.node, unpullable, "")
             .replace("imagePullPolicy: Never", "imagePullPolicy: Always"),
     );
     // The node rejects its arguments and exits at once; the kubelet restarts it, backing off.
     let unusable = "    - {name: SWARM_METRICS_PORT, value: not-a-port}";
-    f.apply_yaml(&swarm_yaml(
+    f.apply_yaml(&real_node_swarm_yaml(
         "crashing",
         1,
         &real.node,
@@ -345,18 +238,25 @@ async fn missing_images_and_a_crashing_node_show_in_the_member_status() {
     }
 }
 
-/// The `started` report of the node now running in `pod`, from its log through the API server.
-fn node_started(f: &Fixture, pod: &str) -> Result<Started, String> {
+/// What the node now running in `pod` reported, from its log through the API server.
+fn node_events(f: &Fixture, pod: &str) -> Result<Vec<NodeEvent>, String> {
     let output = f.env.try_run(
         &f.env.kubectl,
-        &["logs", "-n", &f.ns.name, pod, "-c", "node"],
+        &["logs", "-n", &f.ns.name, pod, "-c", NODE_CONTAINER],
     );
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
-    String::from_utf8_lossy(&output.stdout)
+    Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str::<NodeEvent>(l).ok())
+        .filter_map(NodeEvent::parse)
+        .collect())
+}
+
+/// The `started` report of the node now running in `pod`.
+fn node_started(f: &Fixture, pod: &str) -> Result<Started, String> {
+    node_events(f, pod)?
+        .into_iter()
         .find_map(|e| match e {
             NodeEvent::Started(started) => Some(started),
             _ => None,
@@ -366,45 +266,24 @@ fn node_started(f: &Fixture, pod: &str) -> Result<Started, String> {
 
 /// A member's container killed on the node: the kubelet starts it again in the same pod, and the
 /// node resumes from the checkpoint on its claim; its pod deleted, the new one does the same, with
-/// the member's identity. The claim is bound to a folder the node's uid
-/// owns, as a local-path provisioner would make it (the test bed has no provisioner yet).
+/// the member's identity. The test bed's provisioner binds the claim to a folder the node's uid owns.
 #[tokio::test]
 async fn a_killed_node_and_a_deleted_pod_resume_from_the_checkpoint_on_the_claim() {
     let real = RealNode::from_env();
     let f = Fixture::new("real-node-restart", &[]).await;
     create_model_volume(&f).await;
+    let _provisioner = Provisioner::start(f.client.clone(), &f.ns.name, f.dir.path());
     let operator = f.operator("operator", None);
     let checkpoints = "  checkpoints: {size: 1Gi, everyRounds: 1}";
     f.apply_yaml(&format!(
         "{}{checkpoints}\n",
-        swarm_yaml("resume", 1, &real.node, &real.node_image, "")
+        real_node_swarm_yaml("resume", 1, &real.node, &real.node_image, "")
     ));
 
-    let claims = f.api::<PersistentVolumeClaim>();
-    let claim = wait_for(
-        &f.env,
-        &f.ns.name,
-        &[&operator],
-        "the checkpoint claim",
-        SETTLE,
-        || async {
-            claims
-                .get_opt("resume-0-checkpoints")
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "not yet".to_owned())
-        },
-    )
-    .await;
-    let dir = f.dir.path().join("resume-0-checkpoints");
-    std::fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).unwrap();
-    let volume = host_path_volume(&format!("{}-resume-0", f.ns.name), &dir, &claim);
-    Api::<PersistentVolume>::all(f.client.clone())
-        .create(&PostParams::default(), &volume)
+    f.wait_ready("resume", 1, &[&operator]).await;
+    let dir = claim_folder(&f.client, &f.ns.name, "resume-0-checkpoints")
         .await
         .unwrap();
-    f.wait_ready("resume", 1, &[&operator]).await;
 
     // A complete checkpoint on the claim (`round-<n>`, renamed from `.tmp` once written).
     let saved = || {
@@ -527,23 +406,10 @@ async fn members_on_the_real_node_record_rounds_on_the_ledger_and_export_telemet
     create_ledger_secret(&f, &anvil.dev_keys()[0]).await;
     let collector = Collector::start_on(&f.env.otelcol(), f.dir.path(), real.host_ip());
     let operator = f.operator("operator", None);
-    let ledger_and_telemetry = format!(
-        r#"  ledger:
-    rpcUrl: {rpc}
-    chainId: {ANVIL_CHAIN_ID}
-    contract: {{deploy: {{}}}}
-    operatorKeySecret: {{name: ledger-operator}}
-    memberFunding: "1"
-  telemetry:
-    otlpEndpoint: {otlp}
-    metricExportIntervalSeconds: 2
-"#,
-        rpc = anvil.url(),
-        otlp = collector.http_endpoint(),
-    );
+    let ledger_and_telemetry = ledger_and_telemetry_yaml(&anvil.url(), &collector.http_endpoint());
     f.apply_yaml(&format!(
         "{}{ledger_and_telemetry}",
-        swarm_yaml("chain", 2, &real.node, &real.node_image, "")
+        real_node_swarm_yaml("chain", 2, &real.node, &real.node_image, "")
     ));
     f.wait_ready("chain", 2, &[&operator]).await;
 
@@ -624,27 +490,12 @@ async fn members_on_the_real_node_record_rounds_on_the_ledger_and_export_telemet
 #[tokio::test]
 async fn the_operator_runs_as_a_pod_of_its_image_and_runs_a_swarm() {
     let real = RealNode::from_env();
-    let selector = format!("nodeSelector.kubernetes\\.io/hostname={}", real.node);
-    let toleration = format!(
-        r#"tolerations=[{{"key":"{REAL_NODE_TAINT}","operator":"Exists","effect":"NoSchedule"}}]"#
-    );
+    let values = real.operator_release_values();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
     // `helm install --wait`: returns once the operator's pod is Ready by its own probe.
-    let f = Fixture::new(
-        "real-node-operator",
-        &[
-            "--set",
-            "replicaCount=1",
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            &selector,
-            "--set-json",
-            &toleration,
-        ],
-    )
-    .await;
+    let f = Fixture::new("real-node-operator", &values).await;
     create_model_volume(&f).await;
-    f.apply_yaml(&swarm_yaml(
+    f.apply_yaml(&real_node_swarm_yaml(
         "in-cluster",
         2,
         &real.node,

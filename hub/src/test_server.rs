@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +56,11 @@ pub fn fixture() -> Files {
 
 /// Starts a server on a free loopback port; it runs until the process ends.
 pub fn serve() -> FakeHub {
+    serve_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The same on `host` (e.g. a test bed's bridge address, which its pods reach), on a free port.
+pub fn serve_on(host: IpAddr) -> FakeHub {
     let main = fixture();
     let mut tagged = main.clone();
     tagged.insert(
@@ -87,7 +92,7 @@ pub fn serve() -> FakeHub {
         ]
         .into(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind((host, 0)).unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Log::default()));
     let cut = Arc::new(AtomicBool::new(false));

@@ -1,16 +1,16 @@
-//! The full path's startup benchmark on the test control plane: for each N, apply a Swarm of N
-//! members with an anvil ledger and report the seconds from `kubectl apply` until all N are
-//! Running (what the operator scale benchmark measures), until every member's process has started
-//! (the kubelet harness runs the pods), until all train together (a round with every other member
-//! connected and heard from), and until every member has a round recorded on the chain. Rounds
-//! are wall-clock periods of `ROUND_SECONDS` from the Swarm's creation, so the last two include up
-//! to a round of waiting by design. Run it through `e2e/bin/bench-full-path`.
+//! The full path's startup benchmark on real pods: for each N, apply a Swarm of N members with an
+//! anvil ledger (the operator a pod on the real node, the members containers of the node image
+//! there) and report the seconds from `kubectl apply` until all N are Running and Ready (their
+//! readiness probes), until every member's node has started (its `started` report in the
+//! container's log), until all train together (a round with every other member connected and
+//! heard from), and until every member has a round recorded on the chain. Rounds are wall-clock
+//! periods of `ROUND_SECONDS` from the Swarm's creation, so the last two include up to a round of
+//! waiting by design. Run it through `e2e/bin/bench-full-path`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
 
-use swarm_e2e::kubelet::Instance;
-use swarm_e2e::testbed::{ROUND_SECONDS, SWARM, TRAINING, Testbed};
+use swarm_e2e::testbed::{Instance, ROUND_SECONDS, SWARM, TRAINING, Testbed};
 use swarm_operator::api::Swarm;
 
 #[tokio::main]
@@ -22,7 +22,7 @@ async fn main() {
     let sizes = if sizes.is_empty() { vec![4, 6] } else { sizes };
     println!("rounds of {ROUND_SECONDS} s; seconds from `kubectl apply`:");
     println!(
-        "| members | all Running | all processes started | all training together | all recorded on the ledger | training / Running |"
+        "| members | all Running | all nodes started | all training together | all recorded on the ledger | training / Running |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for n in sizes {
@@ -38,7 +38,7 @@ async fn main() {
     }
 }
 
-/// Whether a member's process has reached a milestone.
+/// Whether a member's node has reached a milestone.
 type Reached<'a> = dyn Fn(&Instance) -> bool + 'a;
 
 async fn run(n: usize) -> [f64; 4] {
@@ -64,9 +64,9 @@ async fn run(n: usize) -> [f64; 4] {
     .await;
     let running = started.elapsed().as_secs_f64();
 
-    // After Running, each milestone is when every member's process has reached it.
+    // After Running, each milestone is when every member's node has reached it.
     let milestones: [(&str, &Reached); 3] = [
-        ("processes started", &|i| !i.starts().is_empty()),
+        ("nodes started", &|i| !i.starts().is_empty()),
         ("members training together", &|i| {
             i.rounds()
                 .iter()
@@ -81,11 +81,11 @@ async fn run(n: usize) -> [f64; 4] {
     let mut seconds = [running, 0.0, 0.0, 0.0];
     for ((what, reached), at) in milestones.into_iter().zip(&mut seconds[1..]) {
         bed.wait(&format!("{n} {what}"), TRAINING, || async {
-            let running = bed.kubelet.running();
+            let running = bed.running().await?;
             if running.len() == n && running.values().all(reached) {
                 Ok(())
             } else {
-                Err(())
+                Err(format!("{} running", running.len()))
             }
         })
         .await;
