@@ -239,11 +239,6 @@ impl Choices {
     }
 }
 
-/// Faults for `E2E_SOAK_SECONDS` (default 180): every 4 to 12 s a random member pod is deleted or
-/// the operator is killed and replaced; once, halfway, anvil stops for a while and comes back.
-/// Afterwards the swarm must settle and these must hold: no two live members share an identity,
-/// every live member is registered exactly once, no member has two submissions for one round, and
-/// the Swarm's status matches the members, pods and processes.
 /// A hub model: each member pod's `fetch-model` init container downloads it, from the stand-in Hub
 /// the member template's `HF_ENDPOINT` names (on the bridge), into the member's checkpoint volume;
 /// the node trains on it; a replaced pod finds it there and downloads nothing.
@@ -336,6 +331,11 @@ async fn members_train_on_a_hub_model_their_init_container_downloads_once() {
     );
 }
 
+/// Faults for `E2E_SOAK_SECONDS` (default 180): every 4 to 12 s a random member pod is deleted or
+/// the operator is killed and replaced; once, halfway, anvil stops for a while and comes back.
+/// Afterwards the swarm must settle and these must hold: no two live members share an identity,
+/// every live member is registered exactly once, no member has two submissions for one round, and
+/// the Swarm's status matches the members and pods, and each member's container runs on the node.
 #[tokio::test]
 async fn a_soak_of_pod_deletions_operator_restarts_and_an_anvil_restart_keeps_the_invariants() {
     let seconds: u64 = std::env::var("E2E_SOAK_SECONDS")
