@@ -225,41 +225,38 @@ impl Testbed {
     /// The member pods as the real node runs them, by pod name: terminating ones too, until the
     /// kubelet has confirmed their containers stopped and the pod is gone.
     pub async fn instances(&self) -> Result<BTreeMap<String, Instance>, String> {
-        let pods = self.f.api::<Pod>();
         let mut out = BTreeMap::new();
         for (name, pod) in pods_of(&self.f.client, &self.f.ns.name).await? {
-            let container = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|all| all.iter().find(|c| c.name == NODE_CONTAINER));
-            let state = container.and_then(|c| c.state.as_ref());
-            let running = state.is_some_and(|s| s.running.is_some());
-            let started = running || state.is_some_and(|s| s.terminated.is_some());
-            let log = if started {
-                let params = LogParams {
-                    container: Some(NODE_CONTAINER.into()),
-                    ..Default::default()
-                };
-                pods.logs(&name, &params)
-                    .await
-                    .map_err(|e| format!("{name}'s log: {e}"))?
-            } else {
-                String::new()
-            };
-            out.insert(
-                name.clone(),
-                Instance {
-                    pod: name,
-                    uid: pod.uid().unwrap_or_default(),
-                    ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-                    restarts: container.map_or(0, |c| c.restart_count),
-                    running,
-                    log,
-                },
-            );
+            out.insert(name, self.observe(pod).await?);
         }
         Ok(out)
+    }
+
+    /// A member pod as the real node runs it: its node container's state, and the current
+    /// container's log once it has started.
+    async fn observe(&self, pod: Pod) -> Result<Instance, String> {
+        let name = pod.name_any();
+        let container = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|all| all.iter().find(|c| c.name == NODE_CONTAINER));
+        let state = container.and_then(|c| c.state.as_ref());
+        let running = state.is_some_and(|s| s.running.is_some());
+        let started = running || state.is_some_and(|s| s.terminated.is_some());
+        let log = if started {
+            node_log(&self.f.api::<Pod>(), &name).await?
+        } else {
+            String::new()
+        };
+        Ok(Instance {
+            uid: pod.uid().unwrap_or_default(),
+            ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            restarts: container.map_or(0, |c| c.restart_count),
+            running,
+            log,
+            pod: name,
+        })
     }
 
     /// The member pods whose node runs now.
@@ -271,10 +268,14 @@ impl Testbed {
 
     /// The member pod `pod` as the real node runs it.
     pub async fn instance(&self, pod: &str) -> Result<Instance, String> {
-        self.instances()
-            .await?
-            .remove(pod)
-            .ok_or_else(|| format!("no pod {pod}"))
+        let found = self
+            .f
+            .api::<Pod>()
+            .get_opt(pod)
+            .await
+            .map_err(|e| format!("pod {pod}: {e}"))?
+            .ok_or_else(|| format!("no pod {pod}"))?;
+        self.observe(found).await
     }
 
     /// How many times the kubelet started a member's node container in this namespace: its
@@ -564,6 +565,17 @@ pub async fn create_model_volume(f: &Fixture) {
         .create(&PostParams::default(), &claim)
         .await
         .unwrap();
+}
+
+/// The log of the node container now running (or last run) in pod `name`, through the API server.
+pub async fn node_log(pods: &Api<Pod>, name: &str) -> Result<String, String> {
+    let params = LogParams {
+        container: Some(NODE_CONTAINER.into()),
+        ..Default::default()
+    };
+    pods.logs(name, &params)
+        .await
+        .map_err(|e| format!("{name}'s log: {e}"))
 }
 
 /// Pods of the swarm, by name.

@@ -14,7 +14,7 @@ use swarm_e2e::collector::Collector;
 use swarm_e2e::containers::pod_process;
 use swarm_e2e::provisioner::{Provisioner, claim_folder};
 use swarm_e2e::testbed::{
-    NODE_CONTAINER, create_ledger_secret, create_model_volume, ledger_and_telemetry_yaml,
+    create_ledger_secret, create_model_volume, ledger_and_telemetry_yaml, node_log,
     real_node_swarm_yaml,
 };
 use swarm_e2e::*;
@@ -130,10 +130,13 @@ async fn members_run_as_containers_of_the_node_image_on_the_real_node() {
         || async {
             let mut missing = Vec::new();
             for name in &names {
-                let from_peer = node_events(&f, name)?.into_iter().find_map(|e| match e {
-                    NodeEvent::Round(r) if r.external_peers >= 1 => Some(r),
-                    _ => None,
-                });
+                let from_peer = node_events(&f, name)
+                    .await?
+                    .into_iter()
+                    .find_map(|e| match e {
+                        NodeEvent::Round(r) if r.external_peers >= 1 => Some(r),
+                        _ => None,
+                    });
                 match from_peer {
                     Some(r) => eprintln!(
                         "{name}: round {} trained on {} groups from {} peer(s)",
@@ -239,23 +242,15 @@ async fn missing_images_and_a_crashing_node_show_in_the_member_status() {
 }
 
 /// What the node now running in `pod` reported, from its log through the API server.
-fn node_events(f: &Fixture, pod: &str) -> Result<Vec<NodeEvent>, String> {
-    let output = f.env.try_run(
-        &f.env.kubectl,
-        &["logs", "-n", &f.ns.name, pod, "-c", NODE_CONTAINER],
-    );
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(NodeEvent::parse)
-        .collect())
+async fn node_events(f: &Fixture, pod: &str) -> Result<Vec<NodeEvent>, String> {
+    let log = node_log(&f.api::<Pod>(), pod).await?;
+    Ok(log.lines().filter_map(NodeEvent::parse).collect())
 }
 
 /// The `started` report of the node now running in `pod`.
-fn node_started(f: &Fixture, pod: &str) -> Result<Started, String> {
-    node_events(f, pod)?
+async fn node_started(f: &Fixture, pod: &str) -> Result<Started, String> {
+    node_events(f, pod)
+        .await?
         .into_iter()
         .find_map(|e| match e {
             NodeEvent::Started(started) => Some(started),
@@ -340,6 +335,7 @@ async fn a_killed_node_and_a_deleted_pod_resume_from_the_checkpoint_on_the_claim
                 return Err("not restarted yet".to_owned());
             }
             node_started(&f, "resume-0")
+                .await
                 .map(|started| started.resumed_from)
                 .map_err(|e| format!("restarted {restarts} times: {e}"))
         },
@@ -376,7 +372,9 @@ async fn a_killed_node_and_a_deleted_pod_resume_from_the_checkpoint_on_the_claim
         || async {
             let now = pods.get_opt("resume-0").await.map_err(|e| e.to_string())?;
             match now {
-                Some(now) if now.metadata.uid != pod.metadata.uid => node_started(&f, "resume-0"),
+                Some(now) if now.metadata.uid != pod.metadata.uid => {
+                    node_started(&f, "resume-0").await
+                }
                 _ => Err("the old pod is still there, or none yet".to_owned()),
             }
         },
